@@ -1,0 +1,37 @@
+# smartconnector: PGXS build, pg_regress suite (sql/, expected/) and TAP suite (test/t/).
+#
+# `make installcheck` runs both suites against their own temporary servers;
+# it must run as a non-root user (see test/run for the full CI entry point).
+
+EXTENSION = smartconnector
+MODULE_big = smartconnector
+OBJS = \
+	src/smartconnector.o \
+	src/catalog.o \
+	src/http.o
+
+DATA = sql/smartconnector--0.1.sql
+
+REGRESS = settings access audit
+REGRESS_OPTS = --temp-instance=./tmp_check_regress \
+	--temp-config=$(srcdir)/test/regress.conf
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+
+CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+
+PG_CPPFLAGS = -I$(srcdir)/src $(CURL_CFLAGS)
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+SHLIB_LINK = $(CURL_LIBS)
+
+EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs regression.out
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# after the include, which resets PROVE_FLAGS
+PROVE_FLAGS += -I test/lib
