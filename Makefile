@@ -8,11 +8,16 @@ MODULE_big = smartconnector
 OBJS = \
 	src/smartconnector.o \
 	src/catalog.o \
-	src/http.o
+	src/http.o \
+	src/shmem.o \
+	src/admission.o \
+	src/runtime.o \
+	src/executor.o \
+	src/launcher.o
 
 DATA = sql/smartconnector--0.1.sql
 
-REGRESS = settings access audit
+REGRESS = settings access audit executions
 REGRESS_OPTS = --temp-instance=./tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 

@@ -98,7 +98,9 @@ SELECT smartconnector.check_email('a@example.com');
 RESET ROLE;
 
 --
--- every SECURITY DEFINER function pins search_path and is not executable by PUBLIC
+-- every SECURITY DEFINER function pins search_path and is not executable by
+-- PUBLIC, except unchanged(): handlers run as any role, and it acts only on
+-- the calling session's own execution
 --
 SELECT p.oid::regprocedure AS unpinned
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
@@ -107,7 +109,8 @@ SELECT p.oid::regprocedure AS unpinned
 SELECT p.oid::regprocedure AS public_executable
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'smartconnector'
- WHERE p.prosecdef AND has_function_privilege('public', p.oid, 'EXECUTE');
+ WHERE p.prosecdef AND has_function_privilege('public', p.oid, 'EXECUTE')
+   AND p.oid <> 'smartconnector.unchanged(text, jsonb)'::regprocedure;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants
  WHERE table_schema = 'smartconnector' AND grantee = 'PUBLIC';

@@ -27,6 +27,9 @@ PG_MODULE_MAGIC;
 
 /* GUC variables */
 char	   *sc_database_name = NULL;
+int			sc_max_workers = 4;
+int			sc_executor_idle_timeout = 60;
+char	   *sc_report_url_template = NULL;
 static char *sc_internal_change = NULL;
 
 /* Whether _PG_init ran while shared_preload_libraries was processed */
@@ -46,6 +49,7 @@ _PG_init(void)
 
 	/* PGC_POSTMASTER settings can be defined only while preloading */
 	if (loaded_at_startup)
+	{
 		DefineCustomStringVariable("smartconnector.database_name",
 								   "Database whose connectors the smartconnector workers serve.",
 								   "The extension can be created only in this database.",
@@ -54,6 +58,34 @@ _PG_init(void)
 								   PGC_POSTMASTER,
 								   GUC_SUPERUSER_ONLY,
 								   NULL, NULL, NULL);
+
+		DefineCustomIntVariable("smartconnector.max_workers",
+								"Maximum number of executor workers running connector handlers at once.",
+								"Each needs a slot in max_worker_processes.",
+								&sc_max_workers,
+								4, 1, 128,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+	}
+
+	DefineCustomIntVariable("smartconnector.executor_idle_timeout",
+							"Time an executor worker waits for work before it exits.",
+							NULL,
+							&sc_executor_idle_timeout,
+							60, 1, 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.report_url_template",
+							   "URL of an execution's output report; {execution_id} and {api_name} are replaced.",
+							   "Empty means executions have no report URL.",
+							   &sc_report_url_template,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 
 	/*
 	 * Set (transaction-locally) by the extension's own SECURITY DEFINER code
@@ -71,6 +103,12 @@ _PG_init(void)
 							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("smartconnector");
+
+	if (!loaded_at_startup)
+		return;
+
+	sc_shmem_install_hooks();
+	sc_register_launcher();
 }
 
 /*

@@ -4,14 +4,19 @@
  *		Declarations shared by the smartconnector extension's source files.
  *
  * Each .c file owns one concern (see the banner of each file); this header
- * holds only what crosses file boundaries: GUC variables and the functions
- * one file offers to another.  libcurl types never appear here: http.c is
- * the only file that includes curl.
+ * holds only what crosses file boundaries: GUC variables, the shared-memory
+ * layout, and the functions one file offers to another.  libcurl types never
+ * appear here: http.c is the only file that includes curl.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef SMARTCONNECTOR_H
 #define SMARTCONNECTOR_H
+
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "storage/spin.h"
 
 /* Limits on settings values, enforced by the validators in catalog.c/http.c */
 #define SC_MAX_URL_LENGTH			2048
@@ -23,10 +28,102 @@
 #define SC_MIN_SECRET_BYTES			24
 #define SC_MAX_SECRET_BYTES			64
 
+/* Limits on what a run may report (runtime.c) */
+#define SC_MAX_RECORD_KEY_LENGTH	1024
+#define SC_MAX_RECORD_DETAIL_LENGTH	8192
+
+/*
+ * Advisory lock spaces.  locktag_field4 tells advisory locks apart: SQL's
+ * pg_advisory_lock uses 1 and 2, so our values never collide with an
+ * application's locks.
+ */
+#define SC_LOCKSPACE_EXECUTION		0x5C01	/* held while an execution runs */
+#define SC_LOCKSPACE_RECORD			0x5C02	/* lock_record() */
+
+/* Record actions, in the order of the record_* columns */
+typedef enum ScAction
+{
+	SC_ACTION_CREATED = 0,
+	SC_ACTION_UPDATED,
+	SC_ACTION_SKIPPED,
+	SC_ACTION_FAILED,
+	SC_NUM_ACTIONS
+} ScAction;
+
+/* What the owner of a progress slot is doing (ScProgressSlot.phase) */
+typedef enum ScPhase
+{
+	SC_PHASE_IDLE = 0,
+	SC_PHASE_HANDLER,			/* executor: inside the handler */
+	SC_PHASE_EXTERNAL,			/* session: between claim() and finish() */
+	SC_PHASE_COMPLETING			/* executor: recording the outcome */
+} ScPhase;
+
+/* Progress of the execution a backend runs, visible to every session */
+typedef struct ScProgressSlot
+{
+	pg_atomic_uint64 execution_id;	/* 0 when none */
+	pg_atomic_uint64 counts[SC_NUM_ACTIONS];
+	pid_t		pid;			/* protected by ScShared.mutex */
+	int			phase;			/* ScPhase; protected by ScShared.mutex */
+} ScProgressSlot;
+
+/* One executor worker of the pool */
+typedef struct ScExecutorSlot
+{
+	bool		in_use;			/* registered (starting or running) */
+	bool		idle;			/* waiting for work on its latch */
+	pid_t		pid;
+	Latch	   *latch;
+} ScExecutorSlot;
+
+typedef struct ScShared
+{
+	slock_t		mutex;
+	Latch	   *launcher_latch;
+	pid_t		launcher_pid;
+	int			num_progress_slots;
+	ScProgressSlot *progress;	/* points after executors[] */
+	int			num_executor_slots;
+	ScExecutorSlot executors[FLEXIBLE_ARRAY_MEMBER];
+} ScShared;
+
 /* GUC variables (smartconnector.c) */
 extern char *sc_database_name;
+extern int	sc_max_workers;
+extern int	sc_executor_idle_timeout;
+extern char *sc_report_url_template;
 
 /* smartconnector.c */
 extern bool sc_loaded_at_startup(void);
+
+/* shmem.c */
+extern ScShared *sc_shared;
+extern void sc_shmem_install_hooks(void);
+extern void sc_wake_launcher(void);
+extern ScProgressSlot *sc_my_progress_slot(void);
+extern bool sc_signal_runner(int64 execution_id);
+
+/* admission.c */
+extern void sc_execution_locktag(LOCKTAG *tag, int64 execution_id);
+extern void sc_hold_execution_lock(int64 execution_id);
+extern void sc_release_execution_lock_at_commit(int64 execution_id);
+extern void sc_wake_at_commit(void);
+extern void sc_clear_current_at_commit(void);
+extern void sc_forget_current_on_abort(void);
+
+/* runtime.c */
+extern int64 sc_current_execution_id(void);
+extern void sc_begin_current(int64 execution_id, int64 connector_id,
+							 bool diff_check, bool dry_run, ScPhase phase);
+extern void sc_set_phase(ScPhase phase);
+extern void sc_clear_current(void);
+extern char *sc_complete_current(const char *error, const char *metadata_json,
+								 const char *handler_result_json);
+
+/* executor.c and launcher.c (bgworker entry points are exported for the postmaster) */
+extern PGDLLEXPORT void sc_executor_main(Datum arg);
+extern PGDLLEXPORT void sc_launcher_main(Datum arg);
+extern void sc_register_launcher(void);
 
 #endif							/* SMARTCONNECTOR_H */

@@ -1,0 +1,332 @@
+/*-------------------------------------------------------------------------
+ *
+ * admission.c
+ *		Advisory locks that mark running executions, and the actions that
+ *		must happen exactly when a transaction commits or aborts.
+ *
+ * An admitted execution is held by a session-level advisory lock in our own
+ * lock space (SC_LOCKSPACE_EXECUTION) for as long as it runs.  Whoever can
+ * take the lock knows the runner is gone: that is how dead runners are
+ * found (runner_alive) after a disconnect, a crash or a restart.
+ *
+ * Session locks survive transaction abort, so every lock taken inside a
+ * transaction is remembered and released again if that transaction (or the
+ * subtransaction it was taken in) aborts; likewise a lock is released only
+ * after the transaction that ended its execution has committed, so there is
+ * never a moment when an execution is "running" without its lock.  The same
+ * machinery wakes the launcher at commit (never before the rows it should
+ * see are visible) and signals runners of cancelled executions.
+ *
+ * The transaction callbacks are registered once per backend, the first time
+ * they are needed, and never again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "storage/lock.h"
+#include "utils/memutils.h"
+
+#include "smartconnector.h"
+
+PG_FUNCTION_INFO_V1(hold_execution_lock);
+PG_FUNCTION_INFO_V1(runner_alive);
+PG_FUNCTION_INFO_V1(wake_at_commit);
+PG_FUNCTION_INFO_V1(signal_runner_at_commit);
+
+typedef enum PendingKind
+{
+	PENDING_RELEASE_ON_ABORT,	/* lock taken in this transaction */
+	PENDING_RELEASE_AT_COMMIT,	/* execution ended in this transaction */
+	PENDING_SIGNAL_AT_COMMIT,	/* execution cancelled in this transaction */
+	PENDING_CLEAR_CURRENT_AT_COMMIT,	/* this session's execution ended */
+	PENDING_FORGET_CURRENT_ON_ABORT /* this session's execution began */
+} PendingKind;
+
+typedef struct PendingAction
+{
+	PendingKind kind;
+	int64		execution_id;
+	int			nest_level;		/* subtransaction level it belongs to */
+} PendingAction;
+
+static List *pending_actions = NIL;	/* in TopMemoryContext */
+static bool wake_pending = false;
+static bool callbacks_registered = false;
+
+static void remember(PendingKind kind, int64 execution_id);
+static void release_session_lock(int64 execution_id);
+static void xact_callback(XactEvent event, void *arg);
+static void subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							 SubTransactionId parentSubid, void *arg);
+
+/*
+ * The lock tag of an execution: our own advisory lock space, keyed by id.
+ */
+void
+sc_execution_locktag(LOCKTAG *tag, int64 execution_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) ((uint64) execution_id >> 32),
+						 (uint32) execution_id,
+						 SC_LOCKSPACE_EXECUTION);
+}
+
+/*
+ * Remember an action for the end of the current (sub)transaction.
+ */
+static void
+remember(PendingKind kind, int64 execution_id)
+{
+	MemoryContext old;
+	PendingAction *action;
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	action = palloc(sizeof(PendingAction));
+	action->kind = kind;
+	action->execution_id = execution_id;
+	action->nest_level = GetCurrentTransactionNestLevel();
+	pending_actions = lappend(pending_actions, action);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Release the session lock of an execution; quietly if we do not hold it.
+ */
+static void
+release_session_lock(int64 execution_id)
+{
+	LOCKTAG		tag;
+
+	sc_execution_locktag(&tag, execution_id);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * Take the session lock of an execution this backend is admitting.  It is
+ * released again if the admitting transaction aborts.
+ */
+void
+sc_hold_execution_lock(int64 execution_id)
+{
+	LOCKTAG		tag;
+
+	sc_execution_locktag(&tag, execution_id);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("execution %lld is already held by another runner",
+						(long long) execution_id)));
+	remember(PENDING_RELEASE_ON_ABORT, execution_id);
+}
+
+/*
+ * Release the session lock of an execution once the transaction that ended
+ * it has committed.
+ */
+void
+sc_release_execution_lock_at_commit(int64 execution_id)
+{
+	remember(PENDING_RELEASE_AT_COMMIT, execution_id);
+}
+
+/*
+ * Wake the launcher when the current transaction commits.
+ */
+void
+sc_wake_at_commit(void)
+{
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	wake_pending = true;
+}
+
+/*
+ * Forget this session's current execution when the transaction commits
+ * (finish) or aborts (claim).
+ */
+void
+sc_clear_current_at_commit(void)
+{
+	remember(PENDING_CLEAR_CURRENT_AT_COMMIT, 0);
+}
+
+void
+sc_forget_current_on_abort(void)
+{
+	remember(PENDING_FORGET_CURRENT_ON_ABORT, 0);
+}
+
+/*
+ * Run the actions of a (sub)transaction at or below nest level "level" that
+ * ended with commit or abort; keep the others.
+ */
+static void
+run_pending(bool commit, int level)
+{
+	List	   *keep = NIL;
+	ListCell   *lc;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	foreach(lc, pending_actions)
+	{
+		PendingAction *action = (PendingAction *) lfirst(lc);
+
+		if (action->nest_level < level)
+		{
+			keep = lappend(keep, action);
+			continue;
+		}
+		switch (action->kind)
+		{
+			case PENDING_RELEASE_ON_ABORT:
+				if (!commit)
+					release_session_lock(action->execution_id);
+				break;
+			case PENDING_RELEASE_AT_COMMIT:
+				if (commit)
+					release_session_lock(action->execution_id);
+				break;
+			case PENDING_SIGNAL_AT_COMMIT:
+				if (commit)
+					sc_signal_runner(action->execution_id);
+				break;
+			case PENDING_CLEAR_CURRENT_AT_COMMIT:
+				if (commit)
+					sc_clear_current();
+				break;
+			case PENDING_FORGET_CURRENT_ON_ABORT:
+				if (!commit)
+					sc_clear_current();
+				break;
+		}
+		pfree(action);
+	}
+	list_free(pending_actions);
+	pending_actions = keep;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * At top-level commit or abort: release, signal, forget and wake.
+ */
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending_actions != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that admitted, ended or cancelled a smartconnector execution")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			run_pending(true, 0);
+			if (wake_pending)
+				sc_wake_launcher();
+			wake_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			run_pending(false, 0);
+			wake_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * At subtransaction end: an aborted savepoint undoes its admissions; a
+ * released one hands its actions to the parent.
+ */
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		run_pending(false, level);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_actions)
+		{
+			PendingAction *action = (PendingAction *) lfirst(lc);
+
+			if (action->nest_level >= level)
+				action->nest_level = level - 1;
+		}
+	}
+}
+
+/*
+ * hold_execution_lock(execution_id bigint) returns void
+ */
+Datum
+hold_execution_lock(PG_FUNCTION_ARGS)
+{
+	sc_hold_execution_lock(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * runner_alive(execution_id bigint) returns boolean
+ *
+ * Whether some session (possibly this one) holds the execution's lock.  We
+ * try to take it without waiting; if we can, nobody runs it any more.
+ */
+Datum
+runner_alive(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+	LockAcquireResult res;
+
+	sc_execution_locktag(&tag, PG_GETARG_INT64(0));
+	res = LockAcquire(&tag, ExclusiveLock, false, true);
+	if (res == LOCKACQUIRE_NOT_AVAIL)
+		PG_RETURN_BOOL(true);
+	LockRelease(&tag, ExclusiveLock, false);
+	/* ALREADY_HELD: this very session runs it */
+	PG_RETURN_BOOL(res != LOCKACQUIRE_OK);
+}
+
+/*
+ * wake_at_commit() returns void: wake the launcher when this transaction
+ * commits (new queued work, a freed slot, a raised limit).
+ */
+Datum
+wake_at_commit(PG_FUNCTION_ARGS)
+{
+	sc_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * signal_runner_at_commit(execution_id bigint) returns void: interrupt the
+ * runner of a cancelled execution once the cancel is committed, so that the
+ * runner sees cancel_requested when it records the outcome.
+ */
+Datum
+signal_runner_at_commit(PG_FUNCTION_ARGS)
+{
+	remember(PENDING_SIGNAL_AT_COMMIT, PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,171 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared memory of smartconnector: where the launcher's latch is, the
+ *		executor pool, and one progress slot per backend.
+ *
+ * Locking rules:
+ *	- ScShared.mutex (a spinlock) protects the launcher fields, the executor
+ *	  slots and the "phase" and "pid" fields of progress slots.  Hold it only
+ *	  for a few instructions; never across anything that can error.
+ *	- A progress slot's counters and execution_id are atomics written only
+ *	  by the backend that owns the slot (index MyBackendId - 1) and read by
+ *	  anyone, so readers may see a slightly stale count but never a torn one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "smartconnector.h"
+
+ScShared   *sc_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size sc_shmem_size(void);
+static void sc_shmem_request(void);
+static void sc_shmem_startup(void);
+
+/*
+ * Bytes of shared memory we need: the header, the executor slots and a
+ * progress slot per backend (MaxBackends is final when hooks run).
+ */
+static Size
+sc_shmem_size(void)
+{
+	Size		size = MAXALIGN(offsetof(ScShared, executors));
+
+	size = add_size(size, mul_size(sc_max_workers, sizeof(ScExecutorSlot)));
+	size = MAXALIGN(size);
+	size = add_size(size, mul_size(MaxBackends, sizeof(ScProgressSlot)));
+	return size;
+}
+
+/*
+ * shmem_request_hook: reserve our shared memory.
+ */
+static void
+sc_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sc_shmem_size());
+}
+
+/*
+ * shmem_startup_hook: create or attach to the shared state.
+ */
+static void
+sc_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	sc_shared = ShmemInitStruct("smartconnector", sc_shmem_size(), &found);
+	if (!found)
+	{
+		Size		progress_offset;
+
+		memset(sc_shared, 0, sc_shmem_size());
+		SpinLockInit(&sc_shared->mutex);
+		sc_shared->num_executor_slots = sc_max_workers;
+		progress_offset = MAXALIGN(offsetof(ScShared, executors) +
+								   sc_max_workers * sizeof(ScExecutorSlot));
+		sc_shared->progress = (ScProgressSlot *) ((char *) sc_shared + progress_offset);
+		sc_shared->num_progress_slots = MaxBackends;
+		for (int i = 0; i < MaxBackends; i++)
+		{
+			ScProgressSlot *slot = &sc_shared->progress[i];
+
+			pg_atomic_init_u64(&slot->execution_id, 0);
+			for (int k = 0; k < SC_NUM_ACTIONS; k++)
+				pg_atomic_init_u64(&slot->counts[k], 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Install the shared memory hooks (from _PG_init, while preloading).
+ */
+void
+sc_shmem_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = sc_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = sc_shmem_startup;
+}
+
+/*
+ * Set the launcher's latch, if a launcher runs.  Safe to call anywhere
+ * outside a signal handler, including at commit.
+ */
+void
+sc_wake_launcher(void)
+{
+	Latch	   *latch;
+
+	if (sc_shared == NULL)
+		return;
+	SpinLockAcquire(&sc_shared->mutex);
+	latch = sc_shared->launcher_latch;
+	SpinLockRelease(&sc_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * This backend's progress slot, or NULL when shared memory is absent (the
+ * library was not preloaded).
+ */
+ScProgressSlot *
+sc_my_progress_slot(void)
+{
+	if (sc_shared == NULL || MyBackendId <= 0 ||
+		MyBackendId > sc_shared->num_progress_slots)
+		return NULL;
+	return &sc_shared->progress[MyBackendId - 1];
+}
+
+/*
+ * Interrupt whoever runs execution_id inside its handler (executor workers
+ * only: phase SC_PHASE_HANDLER), with the same SIGINT a query cancel sends.
+ * Returns whether a signal was sent.
+ */
+bool
+sc_signal_runner(int64 execution_id)
+{
+	pid_t		target = 0;
+
+	if (sc_shared == NULL)
+		return false;
+	SpinLockAcquire(&sc_shared->mutex);
+	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	{
+		ScProgressSlot *slot = &sc_shared->progress[i];
+
+		if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id &&
+			slot->phase == SC_PHASE_HANDLER)
+		{
+			target = slot->pid;
+			break;
+		}
+	}
+	if (target != 0)
+		kill(target, SIGINT);
+	SpinLockRelease(&sc_shared->mutex);
+	return target != 0;
+}
