@@ -1213,6 +1213,8 @@ BEGIN
 	IF admitted IS NOT NULL THEN
 		PERFORM smartconnector.begin_execution(admitted, cid, e.diff_check, e.dry_run)
 		   FROM smartconnector.execution e WHERE e.id = admitted;
+		/* the launcher watches running executions for dead runners */
+		PERFORM smartconnector.wake_at_commit();
 	END IF;
 	RETURN admitted;
 END
