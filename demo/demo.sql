@@ -45,5 +45,58 @@ SELECT api_name, name, status, max_concurrent_executions AS max_conc,
 SELECT jsonb_pretty(smartconnector.describe('orders_to_warehouse'));
 
 -- Every change is audited, with secrets masked.
-SELECT changed_by, action, api_name, column_name, old_value, new_value
+SELECT changed_by, action, api_name, column_name, old_value, left(new_value, 48) AS new_value
   FROM smartconnector.settings_history ORDER BY id;
+
+-- ======================================================================
+-- Executions: a queue admitted under a concurrency limit
+-- ======================================================================
+RESET ROLE;
+-- A handler: any function taking one jsonb. This one "loads" three records.
+CREATE FUNCTION public.load_orders(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+	FOR i IN 1 .. 3 LOOP
+		PERFORM smartconnector.record(format('order-%s-%s', ctx ->> 'execution_id', i),
+		                              CASE WHEN i = 3 THEN 'updated' ELSE 'created' END);
+	END LOOP;
+	PERFORM pg_sleep(0.3);   -- the "work"
+	RETURN jsonb_build_object('source', 'shop', 'batch', ctx -> 'input' -> 'batch');
+END $$;
+GRANT EXECUTE ON FUNCTION public.load_orders(jsonb) TO etl_admin;
+SET ROLE etl_admin;
+UPDATE smartconnector.connector
+   SET handler = 'public.load_orders(jsonb)', status = 'operational'
+ WHERE api_name = 'orders_to_warehouse';
+
+-- Six triggers return at once; at most max_concurrent_executions = 2 run at a time.
+SELECT smartconnector.trigger('orders_to_warehouse', jsonb_build_object('batch', n)) AS execution_id
+  FROM generate_series(1, 6) AS n;
+
+CREATE FUNCTION pg_temp.wait_for(condition text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE done boolean := false;
+BEGIN
+	WHILE NOT done LOOP
+		EXECUTE condition INTO done;
+		IF NOT done THEN PERFORM pg_sleep(0.02); END IF;
+	END LOOP;
+END $$;
+SELECT pg_temp.wait_for($$SELECT (SELECT count(*) = 2 FROM smartconnector.execution_progress
+                                  WHERE records_total = 3)
+                             OR (SELECT count(*) > 0 FROM smartconnector.execution
+                                  WHERE state NOT IN ('queued', 'running'))$$);
+SELECT id, state, trigger_type, initiated_by FROM smartconnector.execution ORDER BY id;
+-- Progress of the running ones, live from shared memory:
+SELECT execution_id, api_name, records_created, records_updated, records_total
+  FROM smartconnector.execution_progress ORDER BY execution_id;
+
+SELECT pg_temp.wait_for($$SELECT count(*) = 6 FROM smartconnector.execution WHERE state NOT IN ('queued', 'running')$$);
+SELECT id, state, records_created AS created, records_updated AS updated,
+       to_char(started_at, 'HH24:MI:SS.MS') AS started, to_char(ended_at, 'HH24:MI:SS.MS') AS ended,
+       metadata
+  FROM smartconnector.execution ORDER BY id;
+-- The most that ever ran at once:
+SELECT max(overlap) AS max_running_at_once FROM (
+	SELECT (SELECT count(*) FROM smartconnector.execution y
+	         WHERE y.started_at <= x.started_at AND y.ended_at > x.started_at) AS overlap
+	  FROM smartconnector.execution x) s;
+SELECT * FROM smartconnector.output_report(1);

@@ -767,9 +767,6 @@ CREATE TABLE smartconnector.execution (
 	CONSTRAINT execution_ended_check
 		CHECK ((state IN ('queued', 'running')) = (ended_at IS NULL))
 );
-/* the queue: oldest queued execution of a connector, whatever the backlog */
-CREATE INDEX execution_queue_idx ON smartconnector.execution (connector_id, id)
-	WHERE state = 'queued';
 CREATE INDEX execution_running_idx ON smartconnector.execution (connector_id)
 	WHERE state = 'running';
 CREATE INDEX execution_connector_idx ON smartconnector.execution (connector_id, id);
@@ -782,6 +779,23 @@ COMMENT ON COLUMN smartconnector.execution.diff_check IS
 	'Effective diff check of this run: the connector''s setting unless the trigger disabled it';
 COMMENT ON COLUMN smartconnector.execution.runner_pid IS
 	'Process that admitted it: an executor worker or an external runner''s session';
+
+/*
+ * The queue: one row per queued execution, deleted when it is admitted or
+ * cancelled.  Its primary key finds the oldest queued execution of a
+ * connector with one index probe however long the backlog is; a partial
+ * index on execution served the same purpose but let the planner pick the
+ * primary key or a semi-join over the whole backlog once the table's
+ * statistics were taken with a long queue.
+ */
+CREATE TABLE smartconnector.queue (
+	connector_id bigint NOT NULL,
+	execution_id bigint NOT NULL
+		REFERENCES smartconnector.execution (id) ON DELETE CASCADE,
+	PRIMARY KEY (connector_id, execution_id)
+);
+COMMENT ON TABLE smartconnector.queue IS
+	'Queued executions per connector, oldest first (admission reads the head)';
 
 /* The output report: one row per record() call, in order. */
 CREATE TABLE smartconnector.execution_record (
@@ -942,6 +956,8 @@ BEGIN
 		RAISE EXCEPTION 'connector with id % does not exist', connector_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	INSERT INTO smartconnector.queue (connector_id, execution_id)
+	VALUES (enqueue.connector_id, new_id);
 	PERFORM smartconnector.wake_at_commit();
 	RETURN new_id;
 END
@@ -1006,17 +1022,19 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	LOOP
-		SELECT e.id INTO next_id FROM smartconnector.execution e
-		 WHERE e.connector_id = admit.connector_id AND e.state = 'queued'
-		 ORDER BY e.id LIMIT 1
+		SELECT q.execution_id INTO next_id FROM smartconnector.queue q
+		 WHERE q.connector_id = admit.connector_id
+		 ORDER BY q.execution_id LIMIT 1
 		   FOR UPDATE;
 		EXIT WHEN FOUND;
 		/* the head was cancelled while we waited for it: look again */
-		IF NOT EXISTS (SELECT 1 FROM smartconnector.execution e
-						WHERE e.connector_id = admit.connector_id AND e.state = 'queued') THEN
+		IF NOT EXISTS (SELECT 1 FROM smartconnector.queue q
+						WHERE q.connector_id = admit.connector_id) THEN
 			RETURN NULL;
 		END IF;
 	END LOOP;
+	DELETE FROM smartconnector.queue q
+	 WHERE q.connector_id = admit.connector_id AND q.execution_id = next_id;
 	UPDATE smartconnector.execution
 	   SET state = 'running', started_at = pg_catalog.clock_timestamp(),
 		   runner_pid = pg_catalog.pg_backend_pid()
@@ -1037,18 +1055,19 @@ DECLARE
 	candidate bigint;
 	admitted bigint;
 BEGIN
+	/* one index probe per connector for its queue head, whatever the backlog */
 	FOR candidate IN
 		SELECT c.id
 		  FROM smartconnector.connector c
+		 CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector.queue q
+							  WHERE q.connector_id = c.id
+							  ORDER BY q.execution_id LIMIT 1) head
 		 WHERE c.handler IS NOT NULL
 		   AND c.status IN ('operational', 'need_attention')
 		   AND c.max_concurrent_executions >
 			   (SELECT count(*) FROM smartconnector.execution r
 				 WHERE r.connector_id = c.id AND r.state = 'running')
-		   AND EXISTS (SELECT 1 FROM smartconnector.execution q
-						WHERE q.connector_id = c.id AND q.state = 'queued')
-		 ORDER BY (SELECT min(q.id) FROM smartconnector.execution q
-					WHERE q.connector_id = c.id AND q.state = 'queued')
+		 ORDER BY head.execution_id
 	LOOP
 		admitted := smartconnector.admit(candidate, false);
 		IF admitted IS NOT NULL THEN
@@ -1166,8 +1185,8 @@ BEGIN
 	 CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e
 						  WHERE e.connector_id = c.id AND e.state = 'running') run
 	 CROSS JOIN LATERAL (SELECT count(*) AS n
-						   FROM (SELECT 1 FROM smartconnector.execution e
-								  WHERE e.connector_id = c.id AND e.state = 'queued'
+						   FROM (SELECT 1 FROM smartconnector.queue e
+								  WHERE e.connector_id = c.id
 								  LIMIT max_workers) s) q
 	 WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention');
 	admissible := LEAST(admissible, max_workers);
@@ -1274,8 +1293,31 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	e record;
+	cid bigint;
 	who jsonb := jsonb_build_object('cancelled_by', smartconnector.calling_role());
 BEGIN
+	SELECT x.connector_id INTO cid FROM smartconnector.execution x WHERE x.id = cancel.execution_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'execution % does not exist', execution_id
+			USING ERRCODE = 'undefined_object';
+	END IF;
+
+	/*
+	 * Queued: take it out of the queue.  Like admission, lock the queue row
+	 * before the execution row, so the two never deadlock; if admission got
+	 * there first, the execution is running by the time we look again.
+	 */
+	DELETE FROM smartconnector.queue q
+	 WHERE q.connector_id = cid AND q.execution_id = cancel.execution_id;
+	IF FOUND THEN
+		UPDATE smartconnector.execution x
+		   SET state = 'cancelled', ended_at = pg_catalog.clock_timestamp(),
+			   cancel_requested = true, metadata = x.metadata || who
+		 WHERE x.id = cancel.execution_id;
+		PERFORM smartconnector.execution_ended(execution_id);
+		RETURN true;
+	END IF;
+
 	SELECT x.state, c.handler IS NULL AS external, p.records_created, p.records_updated,
 		   p.records_skipped, p.records_failed
 	  INTO e
@@ -1284,18 +1326,7 @@ BEGIN
 	  LEFT JOIN smartconnector.progress() p ON p.execution_id = x.id
 	 WHERE x.id = cancel.execution_id
 	   FOR UPDATE OF x;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'execution % does not exist', execution_id
-			USING ERRCODE = 'undefined_object';
-	END IF;
-	IF e.state = 'queued' THEN
-		UPDATE smartconnector.execution x
-		   SET state = 'cancelled', ended_at = pg_catalog.clock_timestamp(),
-			   cancel_requested = true, metadata = x.metadata || who
-		 WHERE x.id = cancel.execution_id;
-		PERFORM smartconnector.execution_ended(execution_id);
-		RETURN true;
-	ELSIF e.state = 'running' THEN
+	IF e.state = 'running' THEN
 		UPDATE smartconnector.execution x
 		   SET cancel_requested = true, metadata = x.metadata || who
 		 WHERE x.id = cancel.execution_id;
@@ -1457,4 +1488,5 @@ SELECT pg_catalog.pg_extension_config_dump('smartconnector.settings_history_id_s
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution_record', '');
+SELECT pg_catalog.pg_extension_config_dump('smartconnector.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.record_hash', '');

@@ -57,7 +57,8 @@ sc_build_install()
 sc_as_postgres()
 {
 	if [[ $(id -u) -eq 0 ]]; then
-		runuser -u postgres -- env PATH="/usr/lib/postgresql/15/bin:$PATH" "$@"
+		# from /, which postgres may enter (the checkout may be under /root)
+		(cd / && runuser -u postgres -- env PATH="/usr/lib/postgresql/15/bin:$PATH" "$@")
 	else
 		env PATH="/usr/lib/postgresql/15/bin:$PATH" "$@"
 	fi

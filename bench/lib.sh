@@ -1,0 +1,70 @@
+# bench/lib.sh: sourced by the benchmarks.  Starts a throwaway PostgreSQL 15
+# server (as the postgres user when run as root) with smartconnector
+# preloaded, on a Unix socket in a temporary directory, and removes it again.
+#
+# After bench_start: $BENCH_DIR, $BENCH_PORT, and bench_psql / bench_pgbench
+# to talk to the server.
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$src/test/deps.sh"
+
+BENCH_PORT=${BENCH_PORT:-54331}
+
+bench_start()
+{
+	local extra_conf=$1
+	sc_install_packages
+	sc_build_install "$src"
+	BENCH_DIR=$(mktemp -d /tmp/smartconnector-bench.XXXXXX)
+	[[ $(id -u) -eq 0 ]] && chown postgres: "$BENCH_DIR"
+	chmod 755 "$BENCH_DIR"
+	trap bench_stop EXIT
+	sc_as_postgres initdb -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
+	cat >> "$BENCH_DIR/data/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$BENCH_DIR'
+port = $BENCH_PORT
+shared_buffers = 256MB
+max_worker_processes = 16
+shared_preload_libraries = 'smartconnector'
+smartconnector.database_name = 'postgres'
+$extra_conf
+CONF
+	sc_as_postgres pg_ctl -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w start >/dev/null
+}
+
+bench_stop()
+{
+	[[ -n ${BENCH_DIR:-} ]] || return 0
+	sc_as_postgres pg_ctl -D "$BENCH_DIR/data" -m fast stop >/dev/null 2>&1 || true
+	rm -rf "$BENCH_DIR"
+}
+
+bench_psql()
+{
+	sc_as_postgres psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres -d postgres "$@"
+}
+
+bench_pgbench()
+{
+	sc_as_postgres pgbench -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres "$@" postgres
+}
+
+# Print the machine and conditions a result belongs to.
+bench_conditions()
+{
+	echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+	echo "server: $(bench_psql -c 'SELECT version()' | cut -d, -f1); shared_buffers=256MB, synchronous_commit=$(bench_psql -c 'SHOW synchronous_commit'), fsync=$(bench_psql -c 'SHOW fsync')"
+	echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+}
+
+# pgbench's single-row insert rate with N clients for S seconds (tps).
+bench_insert_ceiling()
+{
+	local clients=$1 seconds=$2
+	bench_psql -c 'DROP TABLE IF EXISTS bench_insert; CREATE TABLE bench_insert (id bigserial PRIMARY KEY, v integer)'
+	echo 'INSERT INTO bench_insert (v) VALUES (1);' > "$BENCH_DIR/insert.sql"
+	chmod 644 "$BENCH_DIR/insert.sql"
+	bench_pgbench -n -c "$clients" -j "$clients" -T "$seconds" -f "$BENCH_DIR/insert.sql" 2>/dev/null |
+		awk '/^tps/ {printf "%.0f\n", $3}'
+}
