@@ -56,6 +56,16 @@ SELECT smartconnector.change_api_name('invoices', 'bills');
 SELECT smartconnector.create_connector('Mine', 'mine');
 SELECT webhook_secret FROM smartconnector.connector;
 SET smartconnector.internal_change = 'status';
+-- operators trigger and cancel; initiated_by names them
+SELECT smartconnector.trigger('invoices') AS op_exec \gset
+SELECT initiated_by FROM smartconnector.execution WHERE id = :op_exec;
+SELECT smartconnector.cancel(:op_exec);
+RESET ROLE;
+SET ROLE regress_viewer;
+SELECT smartconnector.trigger('invoices');
+SELECT smartconnector.cancel(:op_exec);
+SELECT state FROM smartconnector.execution WHERE id = :op_exec;
+INSERT INTO smartconnector.execution (connector_id, trigger_type, initiated_by, diff_check) VALUES (1, 'api', 'x', false);
 RESET ROLE;
 SELECT status, max_concurrent_executions FROM smartconnector.connector WHERE api_name = 'invoices';
 
