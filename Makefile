@@ -13,7 +13,9 @@ OBJS = \
 	src/admission.o \
 	src/runtime.o \
 	src/executor.o \
-	src/launcher.o
+	src/launcher.o \
+	src/payload.o \
+	src/dispatcher.o
 
 DATA = sql/smartconnector--0.1.sql
 

@@ -36,6 +36,7 @@
 PG_FUNCTION_INFO_V1(hold_execution_lock);
 PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
+PG_FUNCTION_INFO_V1(wake_dispatcher_at_commit);
 PG_FUNCTION_INFO_V1(signal_runner_at_commit);
 
 typedef enum PendingKind
@@ -56,6 +57,7 @@ typedef struct PendingAction
 
 static List *pending_actions = NIL;	/* in TopMemoryContext */
 static bool wake_pending = false;
+static bool wake_dispatcher_pending = false;
 static bool callbacks_registered = false;
 
 static void remember(PendingKind kind, int64 execution_id);
@@ -156,6 +158,17 @@ sc_wake_at_commit(void)
 }
 
 /*
+ * Wake the dispatcher when the current transaction commits (deliveries
+ * were queued).
+ */
+void
+sc_wake_dispatcher_at_commit(void)
+{
+	sc_wake_at_commit();		/* registers the callbacks */
+	wake_dispatcher_pending = true;
+}
+
+/*
  * Forget this session's current execution when the transaction commits
  * (finish) or aborts (claim).
  */
@@ -238,14 +251,18 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			run_pending(true, 0);
+			if (wake_dispatcher_pending)
+				sc_wake_dispatcher();
 			if (wake_pending)
 				sc_wake_launcher();
 			wake_pending = false;
+			wake_dispatcher_pending = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			run_pending(false, 0);
 			wake_pending = false;
+			wake_dispatcher_pending = false;
 			break;
 		default:
 			break;
@@ -316,6 +333,16 @@ Datum
 wake_at_commit(PG_FUNCTION_ARGS)
 {
 	sc_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * wake_dispatcher_at_commit() returns void: deliveries were queued.
+ */
+Datum
+wake_dispatcher_at_commit(PG_FUNCTION_ARGS)
+{
+	sc_wake_dispatcher_at_commit();
 	PG_RETURN_VOID();
 }
 

@@ -148,3 +148,708 @@ check_webhook_url(PG_FUNCTION_ARGS)
 
 	PG_RETURN_VOID();
 }
+
+/* ------------------------------------------------------------------------
+ * The delivery transport: a libcurl multi handle driven by PostgreSQL's
+ * WaitEventSet, so that the dispatcher sleeps on its latch and on curl's
+ * sockets at once and wakes for whichever comes first.
+ *
+ * Transfers are independent: each completes on its own and is reported
+ * through sc_transport_take_results(), so a slow receiver never holds back
+ * another (there is no batch barrier).  Connections are reused per host and
+ * capped per host (CURLMOPT_MAX_HOST_CONNECTIONS).
+ * ------------------------------------------------------------------------ */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#define SC_MAX_STORED_RESPONSE	4096
+
+typedef struct Transfer
+{
+	int64		delivery_id;
+	bool		is_webhook;
+	CURL	   *easy;
+	MemoryContext cxt;
+	struct curl_slist *headers;
+	struct curl_slist *recipients;
+	char	   *host;
+	const char *upload;			/* email message being sent */
+	size_t		upload_len;
+	size_t		upload_pos;
+	StringInfoData response;
+	int			retry_after_s;
+	char		blocked[INET6_ADDRSTRLEN + 1];
+	char		errbuf[CURL_ERROR_SIZE];
+} Transfer;
+
+typedef struct SocketWatch
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / OUT / INOUT */
+} SocketWatch;
+
+static CURLM *multi = NULL;
+static MemoryContext transport_cxt = NULL;
+static List *transfers = NIL;	/* Transfer *, in flight */
+static List *watches = NIL;		/* SocketWatch * */
+static List *results = NIL;		/* ScTransferResult *, finished */
+static bool watches_dirty = true;
+static WaitEventSet *wait_set = NULL;
+static TimestampTz timer_deadline = 0;	/* 0: no curl timer */
+
+static int	socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp);
+static int	timer_cb(CURLM *m, long timeout_ms, void *userp);
+static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
+									struct curl_sockaddr *address);
+static int	prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+					  int conn_primary_port, int conn_local_port);
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp);
+static size_t header_cb(char *data, size_t size, size_t nmemb, void *userp);
+static size_t read_cb(char *buffer, size_t size, size_t nitems, void *userp);
+static bool address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen);
+static Transfer *new_transfer(int64 delivery_id, const char *host, bool is_webhook);
+static void finish_transfer(Transfer *t, CURLcode code);
+static void collect_done(void);
+
+/*
+ * Create the multi handle (once per dispatcher process).
+ */
+void
+sc_transport_init(void)
+{
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		elog(ERROR, "curl_global_init failed");
+	transport_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector transport",
+										  ALLOCSET_DEFAULT_SIZES);
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "curl_multi_init failed");
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	sc_transport_configure();
+}
+
+/*
+ * Apply the settings that live on the multi handle (after a reload too).
+ */
+void
+sc_transport_configure(void)
+{
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) sc_max_connections_per_host);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) sc_max_deliveries_in_flight);
+}
+
+/*
+ * Release every transfer and the multi handle.
+ */
+void
+sc_transport_shutdown(void)
+{
+	ListCell   *lc;
+
+	if (multi == NULL)
+		return;
+	foreach(lc, transfers)
+	{
+		Transfer   *t = (Transfer *) lfirst(lc);
+
+		curl_multi_remove_handle(multi, t->easy);
+		curl_easy_cleanup(t->easy);
+		curl_slist_free_all(t->headers);
+		curl_slist_free_all(t->recipients);
+	}
+	curl_multi_cleanup(multi);
+	multi = NULL;
+	curl_global_cleanup();
+}
+
+int
+sc_transport_in_flight(void)
+{
+	return list_length(transfers);
+}
+
+/*
+ * Whether a delivery is in flight, and how many are for one host.
+ */
+bool
+sc_transport_has(int64 delivery_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, transfers)
+	{
+		if (((Transfer *) lfirst(lc))->delivery_id == delivery_id)
+			return true;
+	}
+	return false;
+}
+
+int
+sc_transport_host_count(const char *host)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, transfers)
+	{
+		if (strcmp(((Transfer *) lfirst(lc))->host, host) == 0)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * curl's socket callback: remember which sockets to wait on, and for what.
+ */
+static int
+socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, watches)
+	{
+		SocketWatch *w = (SocketWatch *) lfirst(lc);
+
+		if (w->fd == fd)
+		{
+			if (what == CURL_POLL_REMOVE)
+			{
+				watches = foreach_delete_current(watches, lc);
+				pfree(w);
+			}
+			else
+				w->what = what;
+			watches_dirty = true;
+			return 0;
+		}
+	}
+	if (what != CURL_POLL_REMOVE)
+	{
+		SocketWatch *w;
+
+		old = MemoryContextSwitchTo(transport_cxt);
+		w = palloc(sizeof(SocketWatch));
+		w->fd = fd;
+		w->what = what;
+		watches = lappend(watches, w);
+		MemoryContextSwitchTo(old);
+		watches_dirty = true;
+	}
+	return 0;
+}
+
+/*
+ * curl's timer callback: when curl wants to be called without socket activity.
+ */
+static int
+timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+	if (timeout_ms < 0)
+		timer_deadline = 0;
+	else
+		timer_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	return 0;
+}
+
+/*
+ * Is this address one a webhook must not reach: loopback, private,
+ * link-local (which includes cloud metadata at 169.254.169.254),
+ * carrier-grade NAT, unspecified, multicast or reserved?  IPv4 mapped or
+ * translated into IPv6 is judged by its IPv4 part.  Writes the address as
+ * text for the error message.
+ */
+static bool
+address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen)
+{
+	uint32		v4;
+
+	if (family == AF_INET)
+	{
+		const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, text, textlen);
+		v4 = ntohl(in->sin_addr.s_addr);
+	}
+	else if (family == AF_INET6)
+	{
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+		const uint8 *a = in6->sin6_addr.s6_addr;
+		static const uint8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		static const uint8 nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+		bool		all_zero = true;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, textlen);
+		for (int i = 0; i < 15; i++)
+			all_zero &= (a[i] == 0);
+		if (all_zero)
+			return true;		/* :: and ::1 */
+		if ((a[0] & 0xfe) == 0xfc)
+			return true;		/* fc00::/7 unique local */
+		if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+			return true;		/* fe80::/10 link-local */
+		if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0)
+			return true;		/* fec0::/10 site-local */
+		if (a[0] == 0xff)
+			return true;		/* multicast */
+		if (memcmp(a, mapped, 12) != 0 && memcmp(a, nat64, 12) != 0)
+			return false;
+		v4 = ((uint32) a[12] << 24) | ((uint32) a[13] << 16) | ((uint32) a[14] << 8) | a[15];
+	}
+	else
+	{
+		strlcpy(text, "(unknown address family)", textlen);
+		return true;
+	}
+
+	return (v4 >> 24) == 0 ||	/* 0.0.0.0/8 */
+		(v4 >> 24) == 10 ||		/* 10/8 */
+		(v4 >> 24) == 127 ||	/* loopback */
+		(v4 >> 22) == (100u << 2 | 1) ||	/* 100.64/10 carrier-grade NAT */
+		(v4 >> 16) == (169u << 8 | 254) ||	/* 169.254/16 link-local, metadata */
+		(v4 >> 20) == (172u << 4 | 1) ||	/* 172.16/12 */
+		(v4 >> 16) == (192u << 8 | 168) ||	/* 192.168/16 */
+		(v4 >> 8) == (192u << 16 | 0 << 8 | 0) ||	/* 192.0.0/24 */
+		(v4 >> 17) == (198u << 7 | 18 >> 1) ||	/* 198.18/15 benchmarking */
+		(v4 >> 28) >= 14;		/* 224/4 multicast, 240/4 reserved, broadcast */
+}
+
+/*
+ * curl's open-socket callback: the last moment before connecting, after name
+ * resolution, so no DNS trick can slip a private address past it.
+ */
+static curl_socket_t
+open_socket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	Transfer   *t = (Transfer *) clientp;
+	char		text[INET6_ADDRSTRLEN + 1];
+
+	if (t->is_webhook && sc_block_private_addresses &&
+		address_is_private(&address->addr, address->family, text, sizeof(text)))
+	{
+		strlcpy(t->blocked, text, sizeof(t->blocked));
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
+}
+
+/*
+ * curl's pre-request callback: a reused connection opens no socket, so the
+ * address it is connected to is checked again before every request.
+ */
+static int
+prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+		  int conn_primary_port, int conn_local_port)
+{
+	Transfer   *t = (Transfer *) clientp;
+	struct sockaddr_storage ss;
+	char		text[INET6_ADDRSTRLEN + 1];
+
+	if (!t->is_webhook || !sc_block_private_addresses)
+		return CURL_PREREQFUNC_OK;
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, conn_primary_ip, &((struct sockaddr_in *) &ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, conn_primary_ip, &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	if (address_is_private((struct sockaddr *) &ss, ss.ss_family, text, sizeof(text)))
+	{
+		strlcpy(t->blocked, text, sizeof(t->blocked));
+		return CURL_PREREQFUNC_ABORT;
+	}
+	return CURL_PREREQFUNC_OK;
+}
+
+/*
+ * Keep the first SC_MAX_STORED_RESPONSE bytes of a response; accept the rest.
+ * (Allocation here cannot fail softly, but the buffer is capped and
+ * preallocated, so it never grows.)
+ */
+static size_t
+write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	Transfer   *t = (Transfer *) userp;
+	size_t		n = size * nmemb;
+	size_t		room = SC_MAX_STORED_RESPONSE - t->response.len;
+
+	if (room > 0)
+	{
+		size_t		take = Min(n, room);
+
+		memcpy(t->response.data + t->response.len, data, take);
+		t->response.len += take;
+		t->response.data[t->response.len] = '\0';
+	}
+	return n;
+}
+
+/*
+ * Pick Retry-After (seconds or an HTTP date) out of the response headers.
+ */
+static size_t
+header_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	Transfer   *t = (Transfer *) userp;
+	size_t		n = size * nmemb;
+	char		value[128];
+
+	if (n > 12 && n < sizeof(value) + 12 && pg_strncasecmp(data, "retry-after:", 12) == 0)
+	{
+		char	   *end;
+		long		seconds;
+
+		memcpy(value, data + 12, n - 12);
+		value[n - 12] = '\0';
+		seconds = strtol(value, &end, 10);
+		if (end != value && seconds >= 0)
+			t->retry_after_s = (int) Min(seconds, 86400L);
+		else
+		{
+			time_t		when = curl_getdate(value, NULL);
+
+			if (when > 0)
+			{
+				long		delta = (long) (when - time(NULL));
+
+				t->retry_after_s = (int) Max(0L, Min(delta, 86400L));
+			}
+		}
+	}
+	return n;
+}
+
+/*
+ * Feed an email message to curl's SMTP upload.
+ */
+static size_t
+read_cb(char *buffer, size_t size, size_t nitems, void *userp)
+{
+	Transfer   *t = (Transfer *) userp;
+	size_t		room = size * nitems;
+	size_t		left = t->upload_len - t->upload_pos;
+	size_t		take = Min(room, left);
+
+	memcpy(buffer, t->upload + t->upload_pos, take);
+	t->upload_pos += take;
+	return take;
+}
+
+/*
+ * A transfer with its own memory context and the options common to all.
+ */
+static Transfer *
+new_transfer(int64 delivery_id, const char *host, bool is_webhook)
+{
+	MemoryContext cxt = AllocSetContextCreate(transport_cxt, "smartconnector transfer",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Transfer   *t = palloc0(sizeof(Transfer));
+
+	t->cxt = cxt;
+	t->delivery_id = delivery_id;
+	t->is_webhook = is_webhook;
+	t->host = pstrdup(host);
+	t->retry_after_s = -1;
+	initStringInfo(&t->response);
+	enlargeStringInfo(&t->response, SC_MAX_STORED_RESPONSE + 1);
+	MemoryContextSwitchTo(old);
+
+	t->easy = curl_easy_init();
+	if (t->easy == NULL)
+		elog(ERROR, "curl_easy_init failed");
+	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) sc_webhook_timeout_ms);
+	curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(t->easy, CURLOPT_PROXY, "");	/* ignore *_proxy variables */
+	curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+	curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_PREREQFUNCTION, prereq_cb);
+	curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+	return t;
+}
+
+/*
+ * Start posting a webhook.  headers are "Name: value" strings.
+ */
+void
+sc_transport_add_webhook(int64 delivery_id, const char *host, const char *url,
+						 const char *body, List *headers)
+{
+	Transfer   *t = new_transfer(delivery_id, host, true);
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+	char	   *copy = pstrdup(body);
+	ListCell   *lc;
+
+	MemoryContextSwitchTo(old);
+	foreach(lc, headers)
+		t->headers = curl_slist_append(t->headers, (char *) lfirst(lc));
+	t->headers = curl_slist_append(t->headers, "Expect:");
+
+	curl_easy_setopt(t->easy, CURLOPT_URL, url);
+	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, copy);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(copy));
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+
+	old = MemoryContextSwitchTo(transport_cxt);
+	transfers = lappend(transfers, t);
+	MemoryContextSwitchTo(old);
+	curl_multi_add_handle(multi, t->easy);
+}
+
+/*
+ * Start sending an email over SMTP (smartconnector.smtp_url).
+ */
+void
+sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
+{
+	Transfer   *t = new_transfer(delivery_id, "smtp", false);
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+	char	   *from = psprintf("<%s>", sc_smtp_from);
+	char	   *rcpt = psprintf("<%s>", to);
+
+	t->upload = pstrdup(message);
+	t->upload_len = strlen(message);
+	MemoryContextSwitchTo(old);
+	t->recipients = curl_slist_append(NULL, rcpt);
+
+	curl_easy_setopt(t->easy, CURLOPT_URL, sc_smtp_url);
+	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+	curl_easy_setopt(t->easy, CURLOPT_MAIL_FROM, from);
+	curl_easy_setopt(t->easy, CURLOPT_MAIL_RCPT, t->recipients);
+	curl_easy_setopt(t->easy, CURLOPT_UPLOAD, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_READFUNCTION, read_cb);
+	curl_easy_setopt(t->easy, CURLOPT_READDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_INFILESIZE, (long) t->upload_len);
+	if (sc_smtp_user != NULL && sc_smtp_user[0] != '\0')
+	{
+		curl_easy_setopt(t->easy, CURLOPT_USERNAME, sc_smtp_user);
+		curl_easy_setopt(t->easy, CURLOPT_PASSWORD, sc_smtp_password ? sc_smtp_password : "");
+	}
+	if (strncmp(sc_smtp_url, "smtps://", 8) != 0)
+		curl_easy_setopt(t->easy, CURLOPT_USE_SSL, (long) CURLUSESSL_TRY);
+
+	old = MemoryContextSwitchTo(transport_cxt);
+	transfers = lappend(transfers, t);
+	MemoryContextSwitchTo(old);
+	curl_multi_add_handle(multi, t->easy);
+}
+
+/*
+ * A transfer ended: turn it into a result and free everything it held.
+ */
+static void
+finish_transfer(Transfer *t, CURLcode code)
+{
+	MemoryContext old = MemoryContextSwitchTo(transport_cxt);
+	ScTransferResult *r = palloc0(sizeof(ScTransferResult));
+	long		status = 0;
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	r->delivery_id = t->delivery_id;
+	r->finished_at = GetCurrentTimestamp();
+	r->status = (int) status;
+	r->retry_after_s = t->retry_after_s;
+	if (t->response.len > 0)
+		r->response = pstrdup(t->response.data);
+
+	if (t->blocked[0] != '\0')
+	{
+		r->error = psprintf("refused to connect to private address %s (smartconnector.block_private_addresses is on)",
+							t->blocked);
+		r->permanent = true;
+	}
+	else if (code != CURLE_OK)
+		r->error = psprintf("%s%s%s", curl_easy_strerror(code),
+							t->errbuf[0] ? ": " : "", t->errbuf);
+	else if (t->is_webhook && (status < 200 || status > 299))
+		r->error = psprintf("HTTP status %ld", status);
+	else
+		r->ok = true;
+	results = lappend(results, r);
+	MemoryContextSwitchTo(old);
+
+	curl_multi_remove_handle(multi, t->easy);
+	curl_easy_cleanup(t->easy);
+	curl_slist_free_all(t->headers);
+	curl_slist_free_all(t->recipients);
+	transfers = list_delete_ptr(transfers, t);
+	MemoryContextDelete(t->cxt);
+}
+
+/*
+ * Turn every transfer curl reports done into a result.
+ */
+static void
+collect_done(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		Transfer   *t = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+		if (t != NULL)
+			finish_transfer(t, msg->data.result);
+	}
+}
+
+/*
+ * Wait up to timeout_ms for the latch, postmaster death or curl socket
+ * activity, and let curl make progress.  Returns true if the latch was set
+ * (it is reset here).
+ */
+bool
+sc_transport_wait(long timeout_ms)
+{
+	WaitEvent	events[64];
+	int			nevents;
+	int			running;
+	bool		latch_set = false;
+	long		curl_ms = -1;
+
+	if (watches_dirty || wait_set == NULL)
+	{
+		ListCell   *lc;
+
+		if (wait_set != NULL)
+			FreeWaitEventSet(wait_set);
+		wait_set = CreateWaitEventSet(transport_cxt, 2 + list_length(watches));
+		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		foreach(lc, watches)
+		{
+			SocketWatch *w = (SocketWatch *) lfirst(lc);
+			uint32		ev = 0;
+
+			if (w->what & CURL_POLL_IN)
+				ev |= WL_SOCKET_READABLE;
+			if (w->what & CURL_POLL_OUT)
+				ev |= WL_SOCKET_WRITEABLE;
+			AddWaitEventToSet(wait_set, ev, w->fd, NULL, w);
+		}
+		watches_dirty = false;
+	}
+
+	if (timer_deadline != 0)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(GetCurrentTimestamp(), timer_deadline, &secs, &usecs);
+		curl_ms = secs * 1000 + (usecs + 999) / 1000;
+		if (GetCurrentTimestamp() >= timer_deadline)
+			curl_ms = 0;
+		timeout_ms = (timeout_ms < 0) ? curl_ms : Min(timeout_ms, curl_ms);
+	}
+
+	nevents = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), PG_WAIT_EXTENSION);
+	for (int i = 0; i < nevents; i++)
+	{
+		WaitEvent  *e = &events[i];
+
+		if (e->events & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			latch_set = true;
+		}
+		else if (e->events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+		{
+			int			flags = 0;
+
+			if (e->events & WL_SOCKET_READABLE)
+				flags |= CURL_CSELECT_IN;
+			if (e->events & WL_SOCKET_WRITEABLE)
+				flags |= CURL_CSELECT_OUT;
+			curl_multi_socket_action(multi, e->fd, flags, &running);
+		}
+	}
+	if (timer_deadline != 0 && GetCurrentTimestamp() >= timer_deadline)
+	{
+		timer_deadline = 0;
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+	collect_done();
+	return latch_set;
+}
+
+/*
+ * The transfers that finished since the last call, in transport memory;
+ * the caller frees them with sc_transport_free_results().
+ */
+List *
+sc_transport_take_results(void)
+{
+	List	   *r = results;
+
+	results = NIL;
+	return r;
+}
+
+void
+sc_transport_free_results(List *r)
+{
+	ListCell   *lc;
+
+	foreach(lc, r)
+	{
+		ScTransferResult *res = (ScTransferResult *) lfirst(lc);
+
+		if (res->error)
+			pfree(res->error);
+		if (res->response)
+			pfree(res->response);
+		pfree(res);
+	}
+	list_free(r);
+}
+
+/*
+ * url_host(url text) returns text: "host:port" as libcurl sees it, the key
+ * for per-host connection limits.
+ */
+PG_FUNCTION_INFO_V1(url_host);
+
+Datum
+url_host(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CURLU	   *h = curl_url();
+	char	   *host = NULL;
+	char	   *port = NULL;
+	char	   *result;
+
+	if (h == NULL)
+		elog(ERROR, "out of memory in curl_url()");
+	if (curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK)
+	{
+		host = curl_part(h, CURLUPART_HOST);
+		if (curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+			port = NULL;
+	}
+	result = psprintf("%s:%s", host ? host : "", port ? port : "");
+	curl_free(port);
+	curl_url_cleanup(h);
+	PG_RETURN_TEXT_P(cstring_to_text(result));
+}

@@ -128,6 +128,23 @@ sc_wake_launcher(void)
 }
 
 /*
+ * Set the dispatcher's latch, if a dispatcher runs.
+ */
+void
+sc_wake_dispatcher(void)
+{
+	Latch	   *latch;
+
+	if (sc_shared == NULL)
+		return;
+	SpinLockAcquire(&sc_shared->mutex);
+	latch = sc_shared->dispatcher_latch;
+	SpinLockRelease(&sc_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
  * This backend's progress slot, or NULL when shared memory is absent (the
  * library was not preloaded).
  */

@@ -30,12 +30,84 @@ char	   *sc_database_name = NULL;
 int			sc_max_workers = 4;
 int			sc_executor_idle_timeout = 60;
 char	   *sc_report_url_template = NULL;
+int			sc_webhook_timeout_ms = 10000;
+bool		sc_block_private_addresses = true;
+int			sc_max_connections_per_host = 8;
+int			sc_max_deliveries_in_flight = 256;
+char	   *sc_smtp_url = NULL;
+char	   *sc_smtp_from = NULL;
+char	   *sc_smtp_user = NULL;
+char	   *sc_smtp_password = NULL;
+int64	   *sc_retry_schedule_ms = NULL;
+int			sc_retry_schedule_len = 0;
+static char *sc_retry_schedule = NULL;
+
+/* The parsed retry schedule, as the GUC machinery keeps it (malloc'd) */
+typedef struct RetrySchedule
+{
+	int			len;
+	int64		ms[FLEXIBLE_ARRAY_MEMBER];
+} RetrySchedule;
+
+static bool check_retry_schedule(char **newval, void **extra, GucSource source);
+static void assign_retry_schedule(const char *newval, void *extra);
 static char *sc_internal_change = NULL;
 
 /* Whether _PG_init ran while shared_preload_libraries was processed */
 static bool loaded_at_startup = false;
 
 void		_PG_init(void);
+
+/*
+ * check hook of smartconnector.webhook_retry_schedule: a comma-separated
+ * list of delays with units, such as "5s,5min,30min,2h".
+ */
+static bool
+check_retry_schedule(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval);
+	char	   *item;
+	char	   *save = NULL;
+	int			n = 0;
+	RetrySchedule *sched;
+
+	sched = malloc(offsetof(RetrySchedule, ms) + sizeof(int64) * (strlen(copy) / 2 + 1));
+	if (sched == NULL)
+		return false;
+	for (item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save))
+	{
+		int			ms;
+		const char *hint = NULL;
+
+		while (*item == ' ')
+			item++;
+		if (*item == '\0')
+			continue;
+		if (!parse_int(item, &ms, GUC_UNIT_MS, &hint) || ms < 0)
+		{
+			GUC_check_errdetail("\"%s\" is not a delay such as 5s, 5min or 2h.", item);
+			if (hint)
+				GUC_check_errhint("%s", hint);
+			free(sched);
+			pfree(copy);
+			return false;
+		}
+		sched->ms[n++] = ms;
+	}
+	sched->len = n;
+	pfree(copy);
+	*extra = sched;
+	return true;
+}
+
+static void
+assign_retry_schedule(const char *newval, void *extra)
+{
+	RetrySchedule *sched = (RetrySchedule *) extra;
+
+	sc_retry_schedule_len = sched ? sched->len : 0;
+	sc_retry_schedule_ms = sched ? sched->ms : NULL;
+}
 
 PG_FUNCTION_INFO_V1(assert_installable);
 
@@ -78,6 +150,87 @@ _PG_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("smartconnector.webhook_timeout",
+							"Time limit of one webhook or email delivery attempt.",
+							NULL,
+							&sc_webhook_timeout_ms,
+							10000, 100, 300000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.webhook_retry_schedule",
+							   "Delays before each retry of a failed webhook or email; then it fails.",
+							   "A comma-separated list such as 5s,5min,30min,2h,5h,10h,10h.",
+							   &sc_retry_schedule,
+							   "5s,5min,30min,2h,5h,10h,10h",
+							   PGC_SIGHUP,
+							   0,
+							   check_retry_schedule, assign_retry_schedule, NULL);
+
+	DefineCustomBoolVariable("smartconnector.block_private_addresses",
+							 "Refuse webhooks to loopback, private, link-local and metadata addresses.",
+							 "Checked after name resolution, on the address actually connected to.",
+							 &sc_block_private_addresses,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("smartconnector.max_connections_per_host",
+							"Concurrent deliveries (and kept-alive connections) per receiving host.",
+							NULL,
+							&sc_max_connections_per_host,
+							8, 1, 256,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("smartconnector.max_deliveries_in_flight",
+							"Concurrent deliveries of the dispatcher in all.",
+							NULL,
+							&sc_max_deliveries_in_flight,
+							256, 1, 10000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.smtp_url",
+							   "SMTP server for completion emails, e.g. smtp://mail.example.com:587 or smtps://...",
+							   "Empty: emails stay pending and are retried until it is set.",
+							   &sc_smtp_url,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.smtp_from",
+							   "Sender address of completion emails.",
+							   NULL,
+							   &sc_smtp_from,
+							   "smartconnector@localhost",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.smtp_user",
+							   "SMTP user name (superuser only).",
+							   NULL,
+							   &sc_smtp_user,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("smartconnector.smtp_password",
+							   "SMTP password (superuser only).",
+							   NULL,
+							   &sc_smtp_password,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
 	DefineCustomStringVariable("smartconnector.report_url_template",
 							   "URL of an execution's output report; {execution_id} and {api_name} are replaced.",
 							   "Empty means executions have no report URL.",
@@ -109,6 +262,7 @@ _PG_init(void)
 
 	sc_shmem_install_hooks();
 	sc_register_launcher();
+	sc_register_dispatcher();
 }
 
 /*

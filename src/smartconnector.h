@@ -13,10 +13,14 @@
 #ifndef SMARTCONNECTOR_H
 #define SMARTCONNECTOR_H
 
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "storage/spin.h"
+
+#define SC_VERSION "0.1"
 
 /* Limits on settings values, enforced by the validators in catalog.c/http.c */
 #define SC_MAX_URL_LENGTH			2048
@@ -82,6 +86,8 @@ typedef struct ScShared
 	slock_t		mutex;
 	Latch	   *launcher_latch;
 	pid_t		launcher_pid;
+	Latch	   *dispatcher_latch;
+	pid_t		dispatcher_pid;
 	int			num_progress_slots;
 	ScProgressSlot *progress;	/* points after executors[] */
 	int			num_executor_slots;
@@ -93,6 +99,29 @@ extern char *sc_database_name;
 extern int	sc_max_workers;
 extern int	sc_executor_idle_timeout;
 extern char *sc_report_url_template;
+extern int	sc_webhook_timeout_ms;
+extern bool sc_block_private_addresses;
+extern int	sc_max_connections_per_host;
+extern int	sc_max_deliveries_in_flight;
+extern char *sc_smtp_url;
+extern char *sc_smtp_from;
+extern char *sc_smtp_user;
+extern char *sc_smtp_password;
+extern int64 *sc_retry_schedule_ms;
+extern int	sc_retry_schedule_len;
+
+/* The outcome of one delivery attempt (http.c to dispatcher.c) */
+typedef struct ScTransferResult
+{
+	int64		delivery_id;
+	bool		ok;				/* 2xx, or the SMTP server accepted it */
+	bool		permanent;		/* do not retry (refused private address) */
+	int			status;			/* HTTP status or SMTP reply code; 0 if none */
+	int			retry_after_s;	/* Retry-After, or -1 */
+	char	   *error;
+	char	   *response;		/* first 4 kB of the body, or NULL */
+	TimestampTz finished_at;
+} ScTransferResult;
 
 /* smartconnector.c */
 extern bool sc_loaded_at_startup(void);
@@ -101,6 +130,7 @@ extern bool sc_loaded_at_startup(void);
 extern ScShared *sc_shared;
 extern void sc_shmem_install_hooks(void);
 extern void sc_wake_launcher(void);
+extern void sc_wake_dispatcher(void);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id);
 
@@ -109,6 +139,7 @@ extern void sc_execution_locktag(LOCKTAG *tag, int64 execution_id);
 extern void sc_hold_execution_lock(int64 execution_id);
 extern void sc_release_execution_lock_at_commit(int64 execution_id);
 extern void sc_wake_at_commit(void);
+extern void sc_wake_dispatcher_at_commit(void);
 extern void sc_clear_current_at_commit(void);
 extern void sc_forget_current_on_abort(void);
 
@@ -121,9 +152,31 @@ extern void sc_clear_current(void);
 extern char *sc_complete_current(const char *error, const char *metadata_json,
 								 const char *handler_result_json);
 
-/* executor.c and launcher.c (bgworker entry points are exported for the postmaster) */
+/* http.c: the delivery transport */
+extern void sc_transport_init(void);
+extern void sc_transport_configure(void);
+extern void sc_transport_shutdown(void);
+extern int	sc_transport_in_flight(void);
+extern bool sc_transport_has(int64 delivery_id);
+extern int	sc_transport_host_count(const char *host);
+extern void sc_transport_add_webhook(int64 delivery_id, const char *host, const char *url,
+									 const char *body, List *headers);
+extern void sc_transport_add_email(int64 delivery_id, const char *to, const char *message);
+extern bool sc_transport_wait(long timeout_ms);
+extern List *sc_transport_take_results(void);
+extern void sc_transport_free_results(List *results);
+
+/* payload.c */
+extern char *sc_webhook_signature(const char *secret, const char *msg_id, int64 timestamp,
+								  const char *body);
+extern char *sc_email_message(const char *from, const char *to, const char *subject,
+							  const char *body, const char *msg_id, int64 execution_id);
+
+/* executor.c, launcher.c, dispatcher.c (bgworker entry points are exported for the postmaster) */
 extern PGDLLEXPORT void sc_executor_main(Datum arg);
 extern PGDLLEXPORT void sc_launcher_main(Datum arg);
+extern PGDLLEXPORT void sc_dispatcher_main(Datum arg);
 extern void sc_register_launcher(void);
+extern void sc_register_dispatcher(void);
 
 #endif							/* SMARTCONNECTOR_H */

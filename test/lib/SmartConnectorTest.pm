@@ -14,7 +14,13 @@ use IPC::Run;
 use Test::More;
 use Exporter 'import';
 
-our @EXPORT_OK = qw(new_node wait_until start_pgbench finish_pgbench);
+our @EXPORT_OK = qw(new_node wait_until start_pgbench finish_pgbench
+  start_receiver start_smtp read_jsonl);
+
+my @peers;	# background servers, stopped at exit
+END { local $?; $_->kill_kill for @peers; }
+
+my $lib = __FILE__ =~ s{/[^/]+$}{}r;
 
 # Create, configure and start a node; extra lines go to postgresql.conf.
 sub new_node
@@ -60,6 +66,63 @@ sub finish_pgbench
 	is($run->{h}->result(0), 0, $what)
 	  or diag(${ $run->{out} } . ${ $run->{err} });
 	return ${ $run->{out} };
+}
+
+# Wait until a file exists (a background server wrote it when ready).
+sub wait_for_file
+{
+	my ($file, $what) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	until (-s $file)
+	{
+		die "$what did not start" if time > $deadline;
+		select(undef, undef, undef, 0.05);
+	}
+	return PostgreSQL::Test::Utils::slurp_file($file);
+}
+
+# Start the test HTTP receiver (test/lib/receiver.py) on 127.0.0.1; returns
+# { port, log, h }.  The path of a URL chooses how it answers.
+sub start_receiver
+{
+	my ($dir, %opt) = @_;
+	my $n = int(rand(1e9));
+	my $log = "$dir/http_$n.jsonl";
+	my $portfile = "$dir/http_$n.port";
+	my @cmd = ('/usr/bin/python3', "$lib/receiver.py", '--log', $log, '--port-file', $portfile,
+		'--port', $opt{port} // 0);
+	my $h = IPC::Run::start(\@cmd, '>', "$dir/http_$n.out", '2>&1');
+	push @peers, $h;
+	my $port = wait_for_file($portfile, 'the HTTP receiver');
+	return { port => $port, log => $log, h => $h };
+}
+
+# Start the test SMTP server (test/lib/smtp_sink.py, aiosmtpd); returns
+# { port, log, h }.
+sub start_smtp
+{
+	my ($dir) = @_;
+	my $n = int(rand(1e9));
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $log = "$dir/smtp_$n.jsonl";
+	my $ready = "$dir/smtp_$n.ready";
+	my @cmd = ('/usr/bin/python3', "$lib/smtp_sink.py", '--port', $port, '--log', $log,
+		'--ready-file', $ready);
+	my $h = IPC::Run::start(\@cmd, '>', "$dir/smtp_$n.out", '2>&1');
+	push @peers, $h;
+	wait_for_file($ready, 'the SMTP server');
+	return { port => $port, log => $log, h => $h };
+}
+
+# The JSON lines a receiver or SMTP server recorded.
+sub read_jsonl
+{
+	my ($file) = @_;
+	return () unless -e $file;
+	require JSON::PP;
+	my $json = JSON::PP->new;
+	return map { $json->decode($_) } grep { /\S/ } split /\n/,
+	  PostgreSQL::Test::Utils::slurp_file($file);
 }
 
 1;
