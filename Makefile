@@ -40,5 +40,8 @@ EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs regression.ou
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: every object depends on the shared header
+$(OBJS): $(srcdir)/src/smartconnector.h
+
 # after the include, which resets PROVE_FLAGS
 PROVE_FLAGS += -I test/lib
