@@ -19,7 +19,7 @@ OBJS = \
 
 DATA = sql/smartconnector--0.1.sql
 
-REGRESS = settings access audit executions
+REGRESS = settings access audit executions dispatch
 REGRESS_OPTS = --temp-instance=./tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 

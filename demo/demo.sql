@@ -68,6 +68,12 @@ UPDATE smartconnector.connector
    SET handler = 'public.load_orders(jsonb)', status = 'operational'
  WHERE api_name = 'orders_to_warehouse';
 
+-- Completion events go to the local receiver (started by demo/run) and by email to the
+-- local SMTP server: the connector's addresses and the initiating role's own.
+UPDATE smartconnector.connector SET execution_ended_webhook_url = :'webhook_url'
+ WHERE api_name = 'orders_to_warehouse';
+INSERT INTO smartconnector.user_email VALUES ('etl_admin', 'etl-admin@example.com');
+
 -- Six triggers return at once; at most max_concurrent_executions = 2 run at a time.
 SELECT smartconnector.trigger('orders_to_warehouse', jsonb_build_object('batch', n)) AS execution_id
   FROM generate_series(1, 6) AS n;
@@ -100,3 +106,13 @@ SELECT max(overlap) AS max_running_at_once FROM (
 	         WHERE y.started_at <= x.started_at AND y.ended_at > x.started_at) AS overlap
 	  FROM smartconnector.execution x) s;
 SELECT * FROM smartconnector.output_report(1);
+
+-- Every completion queued its webhook and emails in the same transaction (outbox);
+-- the dispatcher was woken at commit and sent them.
+SELECT pg_temp.wait_for($$SELECT count(*) = 18 FROM smartconnector.delivery WHERE state <> 'pending'$$);
+SELECT execution_id, channel, target, reason, state, attempts, last_status,
+       round(latency_ms::numeric, 1) AS latency_ms
+  FROM smartconnector.delivery ORDER BY execution_id, channel, target LIMIT 6;
+SELECT channel, count(*), count(*) FILTER (WHERE state = 'delivered') AS delivered,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS median_latency_ms
+  FROM smartconnector.delivery GROUP BY channel;

@@ -335,6 +335,13 @@ sc_dispatcher_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(sc_database_name, NULL, 0);
 	pgstat_report_appname("smartconnector dispatcher");
 
+	/*
+	 * A recorded attempt lost in a crash only means that delivery is sent
+	 * again (at least once, same webhook-id), so the dispatcher need not wait
+	 * for its commits to reach disk.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	sc_transport_init();
 	SpinLockAcquire(&sc_shared->mutex);
 	sc_shared->dispatcher_latch = MyLatch;

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# bench/dispatch.sh: completion dispatch throughput, latency and memory.
+#
+# On one throwaway server and one nginx receiver on 127.0.0.1 (204 to every
+# POST), in one run:
+#  - the ceiling: a plain libcurl multi client (bench/curl_ceiling.c, no
+#    database) posting the same N payloads with the same parallelism;
+#  - the dispatcher draining N pending webhook deliveries (N = 20,000);
+#  - commit-to-receipt latency of single completions on an idle system;
+#  - the dispatcher's RSS before and after MEMORY_N deliveries (100,000).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N=${N:-20000}
+MEMORY_N=${MEMORY_N:-100000}
+PARALLEL=${PARALLEL:-8}
+
+# nginx as the receiver (installed here: the benchmark's own dependency)
+if ! command -v nginx >/dev/null; then
+	[[ $(id -u) -eq 0 ]] || { echo "nginx is needed: run as root or install it" >&2; exit 1; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+fi
+
+bench_start "smartconnector.block_private_addresses = off
+smartconnector.max_connections_per_host = $PARALLEL"
+HTTP_PORT=$((BENCH_PORT + 1000))
+mkdir -p "$BENCH_DIR/nginx"
+cat > "$BENCH_DIR/nginx/nginx.conf" <<CONF
+daemon on;
+worker_processes 1;
+pid $BENCH_DIR/nginx/nginx.pid;
+error_log $BENCH_DIR/nginx/error.log;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	client_body_temp_path $BENCH_DIR/nginx;
+	keepalive_requests 1000000;
+	server { listen 127.0.0.1:$HTTP_PORT; location / { return 204; } }
+}
+CONF
+nginx -c "$BENCH_DIR/nginx/nginx.conf"
+stop_nginx() { nginx -c "$BENCH_DIR/nginx/nginx.conf" -s stop 2>/dev/null || true; bench_stop; }
+trap stop_nginx EXIT
+URL="http://127.0.0.1:$HTTP_PORT/hook"
+
+gcc -O2 -o "$BENCH_DIR/curl_ceiling" "$src/bench/curl_ceiling.c" -lcurl
+
+bench_psql >/dev/null <<SQL
+CREATE EXTENSION smartconnector;
+SELECT smartconnector.create_connector('Bench', 'bench', status => 'operational',
+	execution_ended_webhook_url => '$URL',
+	webhook_secret => smartconnector.generate_webhook_secret());
+SQL
+
+# N ended executions whose webhooks wait (not yet due) until released at once
+prepare_backlog()
+{
+	local n=$1
+	bench_psql >/dev/null <<SQL
+TRUNCATE smartconnector.execution CASCADE;
+WITH e AS (
+	INSERT INTO smartconnector.execution
+		(connector_id, state, trigger_type, initiated_by, diff_check, queued_at, started_at, ended_at, records_created, records_total)
+	SELECT smartconnector.connector_id('bench'), 'success', 'api', 'bench', false,
+		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
+	  FROM generate_series(1, $n) i
+	RETURNING id)
+SELECT count(smartconnector.queue_deliveries(id)) FROM e;
+UPDATE smartconnector.delivery SET next_attempt_at = now() + interval '1 day';
+VACUUM ANALYZE smartconnector.delivery;
+SQL
+}
+
+# Release the backlog; print deliveries per second from the release's commit
+# to the last delivery.
+drain()
+{
+	local n=$1
+	bench_psql -c "BEGIN; UPDATE smartconnector.delivery SET next_attempt_at = clock_timestamp(), created_at = clock_timestamp(); SELECT smartconnector.wake_dispatcher_at_commit(); COMMIT;" >/dev/null
+	until [[ $(bench_psql -c "SELECT count(*) = $n FROM smartconnector.delivery WHERE state <> 'pending'") == t ]]; do
+		sleep 0.2
+	done
+	bench_psql -c "SELECT count(*) FILTER (WHERE state = 'delivered') || ' ' ||
+		round($n / extract(epoch FROM max(delivered_at) - min(created_at)))
+		FROM smartconnector.delivery"
+}
+
+dispatcher_rss()
+{
+	local pid
+	pid=$(bench_psql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'smartconnector dispatcher'")
+	# private memory only: VmRSS also counts the shared buffers it touched
+	awk '/RssAnon/ {print $2}' "/proc/$pid/status"
+}
+
+echo "== smartconnector dispatch benchmark =="
+bench_conditions
+echo "receiver: nginx (1 worker, 204); parallel transfers per host: $PARALLEL; payload: execution_metadata (~600 bytes), signed"
+echo
+
+prepare_backlog "$N"
+bench_psql -c "SELECT payload::text FROM smartconnector.delivery ORDER BY id" > "$BENCH_DIR/payloads.jsonl"
+chmod 644 "$BENCH_DIR/payloads.jsonl"
+read -r c_n c_secs ceiling c_failed < <("$BENCH_DIR/curl_ceiling" "$URL" "$BENCH_DIR/payloads.jsonl" "$PARALLEL")
+read -r delivered rate < <(drain "$N")
+
+# idle latency: 200 completions 20 ms apart
+bench_psql -c "TRUNCATE smartconnector.execution CASCADE" >/dev/null
+printf "SELECT smartconnector.trigger('bench') AS id \\\\gset\nSELECT smartconnector.claim('bench');\nSELECT smartconnector.finish(:id);\n\\\\sleep 20 ms\n" > "$BENCH_DIR/stream.sql"
+chmod 644 "$BENCH_DIR/stream.sql"
+bench_pgbench -n -c 1 -t 200 -f "$BENCH_DIR/stream.sql" >/dev/null 2>&1
+until [[ $(bench_psql -c "SELECT count(*) = 200 FROM smartconnector.delivery WHERE state = 'delivered'") == t ]]; do sleep 0.2; done
+read -r lat50 lat99 < <(bench_psql -F ' ' -c "
+	SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 2),
+		   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 2)
+	  FROM smartconnector.delivery")
+
+# memory over MEMORY_N deliveries
+rss_before=$(dispatcher_rss)
+prepare_backlog "$MEMORY_N"
+read -r mem_delivered mem_rate < <(drain "$MEMORY_N")
+rss_after=$(dispatcher_rss)
+
+printf "%-60s %12s %s\n" "measure" "value" "ratio"
+printf "%-60s %12s %s\n" "plain libcurl multi client, $N posts (req/s, the ceiling)" "$ceiling" "1.00"
+printf "%-60s %12s %s\n" "dispatcher draining $N pending webhooks (deliveries/s)" "$rate" \
+	"$(awk -v a="$rate" -v b="$ceiling" 'BEGIN {printf "%.2f of ceiling", a/b}')"
+printf "%-60s %12s\n" "  delivered / failed" "$delivered / $((N - delivered))"
+printf "%-60s %12s\n" "commit-to-receipt latency, idle, median (ms)" "$lat50"
+printf "%-60s %12s\n" "commit-to-receipt latency, idle, p99 (ms)" "$lat99"
+printf "%-60s %12s\n" "dispatcher private RSS (RssAnon) before (kB)" "$rss_before"
+printf "%-60s %12s %s\n" "dispatcher private RSS after $MEMORY_N more deliveries (kB)" "$rss_after" \
+	"$(awk -v a="$rss_after" -v b="$rss_before" 'BEGIN {printf "%+d kB", a-b}')"
+printf "%-60s %12s\n" "  ($MEMORY_N-delivery drain rate, deliveries/s)" "$mem_rate"
