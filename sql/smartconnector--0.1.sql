@@ -1520,7 +1520,8 @@ CREATE TABLE smartconnector.delivery (
 	last_response text,
 	latency_ms double precision
 );
-CREATE INDEX delivery_due_idx ON smartconnector.delivery (target_host, next_attempt_at, id)
+/* the dispatcher walks this in (next_attempt_at, id) order with a cursor */
+CREATE INDEX delivery_pending_idx ON smartconnector.delivery (next_attempt_at, id)
 	WHERE state = 'pending';
 CREATE INDEX delivery_execution_idx ON smartconnector.delivery (execution_id);
 COMMENT ON TABLE smartconnector.delivery IS
@@ -1612,55 +1613,39 @@ AS $$
 $$;
 
 /*
- * What the dispatcher sends next: up to per_host due deliveries for each
- * target host (a loose index scan over delivery_due_idx, so the cost
- * follows the number of hosts, not the backlog), with everything needed to
- * build the request.  Also returns, in one extra row with id NULL, when the
- * next not-yet-due delivery becomes due.
+ * What the dispatcher sends next: up to max_rows due deliveries after the
+ * cursor (after_at, after_id) in (next_attempt_at, id) order, with all it
+ * needs to build the requests.  The dispatcher continues from where the
+ * previous batch ended instead of rescanning from the head of the index,
+ * where the entries of delivered rows accumulate until vacuum.  One extra
+ * row, with id NULL, says when the next not-yet-due delivery becomes due.
  */
-CREATE FUNCTION smartconnector.due_deliveries(per_host integer, max_rows integer)
+CREATE FUNCTION smartconnector.due_deliveries(after_at timestamptz, after_id bigint, max_rows integer)
 RETURNS TABLE (id bigint, channel text, target text, target_host text, webhook_id text,
 			   body text, webhook_secret text, header_lines text[],
-			   email_subject text, execution_id bigint, next_due timestamptz)
+			   email_subject text, execution_id bigint, next_attempt_at timestamptz,
+			   next_due timestamptz)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+	/* a value, not clock_timestamp() in the query: only a value bounds an index scan */
+	t timestamptz := pg_catalog.clock_timestamp();
 BEGIN
-	/* PL/pgSQL rather than SQL: the dispatcher calls this every turn, and
-	   only PL/pgSQL keeps the plan from one call to the next */
+	/* PL/pgSQL rather than SQL: the dispatcher calls this often, and only
+	   PL/pgSQL keeps the plan from one call to the next */
 	RETURN QUERY
-	WITH RECURSIVE hosts AS (
-		(SELECT d.target_host FROM smartconnector.delivery d
-		  WHERE d.state = 'pending' ORDER BY d.target_host LIMIT 1)
-		UNION ALL
-		SELECT (SELECT d.target_host FROM smartconnector.delivery d
-				 WHERE d.state = 'pending' AND d.target_host > h.target_host
-				 ORDER BY d.target_host LIMIT 1)
-		  FROM hosts h WHERE h.target_host IS NOT NULL
-	), due AS (
-		SELECT x.*
-		  FROM hosts h
-		 CROSS JOIN LATERAL (
-			SELECT d.id, d.channel, d.target, d.target_host, d.webhook_id, d.attempts,
-				   d.payload, d.execution_id, d.connector_id
-			  FROM smartconnector.delivery d
-			 WHERE d.state = 'pending' AND d.target_host = h.target_host
-			   AND d.next_attempt_at <= pg_catalog.clock_timestamp()
-			 ORDER BY d.next_attempt_at, d.id
-			 LIMIT per_host) x
-		 WHERE h.target_host IS NOT NULL
+	WITH due AS (
+		SELECT d.id, d.channel, d.target, d.target_host, d.webhook_id, d.payload,
+			   d.execution_id, d.connector_id, d.next_attempt_at
+		  FROM smartconnector.delivery d
+		 WHERE d.state = 'pending'
+		   AND d.next_attempt_at <= t
+		   AND (d.next_attempt_at, d.id) > (after_at, after_id)
+		 ORDER BY d.next_attempt_at, d.id
 		 LIMIT max_rows
-	), later AS (
-		/* per host, the first delivery not yet due: one index probe each */
-		SELECT min(n.next_attempt_at) AS next_due
-		  FROM hosts h
-		 CROSS JOIN LATERAL (
-			SELECT d.next_attempt_at FROM smartconnector.delivery d
-			 WHERE d.state = 'pending' AND d.target_host = h.target_host
-			   AND d.next_attempt_at > pg_catalog.clock_timestamp()
-			 ORDER BY d.next_attempt_at LIMIT 1) n
-		 WHERE h.target_host IS NOT NULL
 	)
 	SELECT due.id, due.channel, due.target, due.target_host, due.webhook_id,
 		   CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).body
@@ -1669,48 +1654,61 @@ BEGIN
 		   (SELECT array_agg(h.key || ': ' || h.value ORDER BY h.key)
 			  FROM jsonb_each_text(c.webhook_headers) AS h),
 		   CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).subject END,
-		   due.execution_id,
-		   NULL::timestamptz
+		   due.execution_id, due.next_attempt_at, NULL::timestamptz
 	  FROM due
 	  /* a correlated probe per row: a join let the planner hash all connectors */
 	  CROSS JOIN LATERAL (SELECT x.webhook_secret, x.webhook_headers
 							FROM smartconnector.connector x WHERE x.id = due.connector_id) c
 	UNION ALL
 	SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
-		   NULL::text[], NULL::text, NULL::bigint, later.next_due
-	  FROM later;
+		   NULL::text[], NULL::text, NULL::bigint, NULL::timestamptz,
+		   (SELECT d.next_attempt_at FROM smartconnector.delivery d
+			 WHERE d.state = 'pending' AND d.next_attempt_at > t
+			 ORDER BY d.next_attempt_at LIMIT 1);
 END
 $$;
 
 /*
- * Record one attempt.  retry_in_ms NULL means no further attempt (the
- * delivery failed for good); otherwise the next attempt is that far away.
+ * Record a group of finished attempts in one statement (the arrays are
+ * parallel, one element per attempt).  A failed attempt is retried after
+ * the next delay of the schedule (delays in ms), or after Retry-After if
+ * that is longer; once the schedule is used up, or for a permanent failure
+ * (a refused private address), the delivery fails.
  */
-CREATE FUNCTION smartconnector.record_attempt(delivery_id bigint, delivered boolean,
-											  attempted_at timestamptz, status integer, error text,
-											  response text, retry_in_ms bigint)
+CREATE FUNCTION smartconnector.record_attempts(ids bigint[], delivered boolean[],
+											   attempted_at timestamptz[], status integer[],
+											   error text[], response text[],
+											   retry_after_s integer[], permanent boolean[],
+											   schedule bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
 	UPDATE smartconnector.delivery d
 	   SET attempts = d.attempts + 1,
-		   last_attempt_at = attempted_at,
-		   last_status = status,
-		   last_error = error,
-		   last_response = response,
-		   state = CASE WHEN delivered THEN 'delivered'
-						WHEN retry_in_ms IS NULL THEN 'failed'
+		   last_attempt_at = a.at,
+		   last_status = a.status,
+		   last_error = a.error,
+		   last_response = a.response,
+		   state = CASE WHEN a.ok THEN 'delivered'
+						WHEN a.perm OR d.attempts + 1 > coalesce(array_length(schedule, 1), 0)
+						THEN 'failed'
 						ELSE 'pending' END,
-		   delivered_at = CASE WHEN delivered THEN attempted_at END,
-		   latency_ms = CASE WHEN delivered
-							 THEN extract(epoch FROM attempted_at - d.created_at) * 1000 END,
-		   next_attempt_at = CASE WHEN NOT delivered AND retry_in_ms IS NOT NULL
-								  THEN attempted_at + retry_in_ms * interval '1 millisecond'
-								  ELSE d.next_attempt_at END
-	 WHERE d.id = record_attempt.delivery_id AND d.state = 'pending';
+		   delivered_at = CASE WHEN a.ok THEN a.at END,
+		   latency_ms = CASE WHEN a.ok THEN extract(epoch FROM a.at - d.created_at) * 1000 END,
+		   next_attempt_at = CASE
+				WHEN a.ok OR a.perm OR d.attempts + 1 > coalesce(array_length(schedule, 1), 0)
+				THEN d.next_attempt_at
+				ELSE a.at + GREATEST(schedule[d.attempts + 1],
+									 coalesce(a.retry_after, 0)::bigint * 1000)
+							* interval '1 millisecond' END
+	  FROM ROWS FROM (unnest(ids), unnest(delivered), unnest(attempted_at), unnest(status),
+					  unnest(error), unnest(response), unnest(retry_after_s), unnest(permanent))
+		   AS a(id, ok, at, status, error, response, retry_after, perm)
+	 WHERE d.id = a.id AND d.state = 'pending';
 END
 $$;
 

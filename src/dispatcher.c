@@ -5,14 +5,18 @@
  *		emails from the outbox (smartconnector.delivery), records every
  *		attempt, and retries on smartconnector.webhook_retry_schedule.
  *
- * Loop: wait (latch, curl sockets, curl's timer, the next due retry), then
- * in one short transaction record whatever finished and fetch what is due,
- * handing new requests to the transport (http.c).  No transaction is open
- * while the network is used: requests are only queued inside the
- * transaction and performed while waiting.  The latch is set at the commit
- * of every transaction that queued a delivery, so a completion is sent
- * within a loop turn; the loop never sleeps while something due is not in
- * flight (it fetches again as soon as a transfer frees a slot).
+ * Loop: wait (latch, curl sockets, curl's timer, the next due retry), hand
+ * ready requests to the transport (http.c) as connections free up, and now
+ * and then run a short transaction that records the attempts that finished
+ * and, when the ready list is empty, fetches the next batch of due
+ * deliveries.  Batches are read with a cursor that continues from the last
+ * fetched (next_attempt_at, id), so the cost of a fetch does not grow with
+ * what was delivered before; finished attempts are recorded in groups (64
+ * at a time, or after RECORD_DELAY_MS, or when nothing is in flight), so a
+ * fast receiver costs a commit per group, not per delivery.  No transaction
+ * is open while the network is used.  The latch is set at the commit of
+ * every transaction that queued a delivery, so a completion is sent within a
+ * loop turn; the loop never sleeps while something due is not in flight.
  *
  * Delivery is at least once: a crash between sending and recording sends
  * again after restart, with the same webhook-id.
@@ -45,14 +49,51 @@
 
 /* Wake at least this often even with nothing due (a safety net only) */
 #define DISPATCHER_MAX_NAP_MS	60000
+/* Due deliveries read per fetch, and kept ready per host at most */
+#define FETCH_BATCH				256
+#define FETCH_PER_HOST			256
+/* While every ready request waits for a busy host, look for other hosts' work this often */
+#define BLOCKED_FETCH_MS		50
+/* Record finished attempts in groups of this many, or after this long */
+#define RECORD_GROUP			64
+#define RECORD_DELAY_MS			5
+
+/* The memory of one fetched batch, freed when its last request has started */
+typedef struct ReadyBatch
+{
+	MemoryContext cxt;
+	int			live;
+} ReadyBatch;
+
+/* A due delivery with its request built, waiting for a free connection */
+typedef struct ReadyDelivery
+{
+	ReadyBatch *batch;
+	int64		id;
+	bool		is_webhook;
+	char	   *host;
+	char	   *target;
+	char	   *body;			/* JSON body, or the whole email message */
+	List	   *headers;		/* "Name: value" strings (webhooks) */
+} ReadyDelivery;
 
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr due_plan = NULL;
+static MemoryContext ready_cxt = NULL;	/* the ready list; batches are its children */
+static List *ready = NIL;		/* ReadyDelivery *, in fetch order */
+static TimestampTz cursor_at = DT_NOBEGIN;	/* last fetched (next_attempt_at, id) */
+static int64 cursor_id = 0;
+static bool last_fetch_empty = false;	/* it found nothing due after the cursor */
+static TimestampTz last_fetch_at = 0;
 
 static void dispatcher_detach(int code, Datum arg);
 static bool extension_installed(void);
 static void record_results(List *results);
 static TimestampTz fetch_due(void);
+static int	ready_for_host(const char *host);
+static bool is_ready(int64 id);
+static bool ready_can_start(void);
+static void start_ready(void);
 static SPIPlanPtr keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
 static char *valid_text(const char *s);
 
@@ -143,150 +184,171 @@ extension_installed(void)
 }
 
 /*
- * Record finished attempts; a failed one is retried after the next delay of
- * the retry schedule (or Retry-After, if the receiver asked for longer),
- * and fails for good once the schedule is used up.
+ * Record finished attempts, all in one statement (record_attempts() applies
+ * the retry schedule and Retry-After).
  */
 static void
 record_results(List *results)
 {
-	Oid			types[7] = {INT8OID, BOOLOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID, INT8ARRAYOID};
+	Oid			types[9] = {INT8ARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, INT8ARRAYOID};
 	SPIPlanPtr	plan;
-	Datum	   *delays;
-	ArrayType  *schedule;
+	int			n = list_length(results);
+	Datum	   *ids, *oks, *ats, *statuses, *errors, *responses, *retries, *perms, *delays;
+	bool	   *status_nulls, *error_nulls, *response_nulls;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Datum		args[9];
+	int			i = 0;
+	int			ret;
 	ListCell   *lc;
 
 	if (results == NIL)
 		return;
 	plan = keep_plan(&record_plan,
-					 "SELECT smartconnector.record_attempt($1, $2, $3, $4, $5, $6,"
-					 "  CASE WHEN d.attempts + 1 > coalesce(array_length($7, 1), 0) THEN NULL"
-					 "       ELSE $7[d.attempts + 1] END)"
-					 "  FROM smartconnector.delivery d WHERE d.id = $1",
-					 7, types);
+					 "SELECT smartconnector.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+					 9, types);
 
-	delays = palloc(sizeof(Datum) * Max(sc_retry_schedule_len, 1));
-	for (int i = 0; i < sc_retry_schedule_len; i++)
-		delays[i] = Int64GetDatum(sc_retry_schedule_ms[i]);
-	schedule = construct_array(delays, sc_retry_schedule_len, INT8OID, 8, true, TYPALIGN_DOUBLE);
-
+	ids = palloc(sizeof(Datum) * n);
+	oks = palloc(sizeof(Datum) * n);
+	ats = palloc(sizeof(Datum) * n);
+	statuses = palloc(sizeof(Datum) * n);
+	errors = palloc(sizeof(Datum) * n);
+	responses = palloc(sizeof(Datum) * n);
+	retries = palloc(sizeof(Datum) * n);
+	perms = palloc(sizeof(Datum) * n);
+	status_nulls = palloc0(sizeof(bool) * n);
+	error_nulls = palloc0(sizeof(bool) * n);
+	response_nulls = palloc0(sizeof(bool) * n);
 	foreach(lc, results)
 	{
 		ScTransferResult *r = (ScTransferResult *) lfirst(lc);
-		Datum		args[7];
-		char		nulls[7] = "       ";
-		ArrayType  *sched = schedule;
-		int			ret;
 
-		args[0] = Int64GetDatum(r->delivery_id);
-		args[1] = BoolGetDatum(r->ok);
-		args[2] = TimestampTzGetDatum(r->finished_at);
-		args[3] = Int32GetDatum(r->status);
-		if (r->status == 0)
-			nulls[3] = 'n';
-		if (r->error)
-			args[4] = CStringGetTextDatum(r->error);
-		else
-			nulls[4] = 'n';
-		if (r->response)
-			args[5] = CStringGetTextDatum(valid_text(r->response));
-		else
-			nulls[5] = 'n';
-
-		/* Retry-After longer than the schedule's delay wins; permanent errors do not retry */
-		if (r->permanent)
-			sched = construct_empty_array(INT8OID);
-		else if (r->retry_after_s > 0)
-		{
-			Datum	   *longer = palloc(sizeof(Datum) * Max(sc_retry_schedule_len, 1));
-
-			for (int i = 0; i < sc_retry_schedule_len; i++)
-				longer[i] = Int64GetDatum(Max(sc_retry_schedule_ms[i], (int64) r->retry_after_s * 1000));
-			sched = construct_array(longer, sc_retry_schedule_len, INT8OID, 8, true, TYPALIGN_DOUBLE);
-		}
-		args[6] = PointerGetDatum(sched);
-
-		ret = SPI_execute_plan(plan, args, nulls, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not record a delivery attempt: %s", SPI_result_code_string(ret));
+		ids[i] = Int64GetDatum(r->delivery_id);
+		oks[i] = BoolGetDatum(r->ok);
+		ats[i] = TimestampTzGetDatum(r->finished_at);
+		statuses[i] = Int32GetDatum(r->status);
+		status_nulls[i] = (r->status == 0);
+		errors[i] = r->error ? CStringGetTextDatum(r->error) : (Datum) 0;
+		error_nulls[i] = (r->error == NULL);
+		responses[i] = r->response ? CStringGetTextDatum(valid_text(r->response)) : (Datum) 0;
+		response_nulls[i] = (r->response == NULL);
+		retries[i] = Int32GetDatum(Max(r->retry_after_s, 0));
+		perms[i] = BoolGetDatum(r->permanent);
+		i++;
 	}
+	delays = palloc(sizeof(Datum) * Max(sc_retry_schedule_len, 1));
+	for (int k = 0; k < sc_retry_schedule_len; k++)
+		delays[k] = Int64GetDatum(sc_retry_schedule_ms[k]);
+
+	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(oks, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	args[2] = PointerGetDatum(construct_array(ats, n, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_md_array(statuses, status_nulls, 1, dims, lbs,
+												 INT4OID, 4, true, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_md_array(errors, error_nulls, 1, dims, lbs,
+												 TEXTOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_md_array(responses, response_nulls, 1, dims, lbs,
+												 TEXTOID, -1, false, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_array(retries, n, INT4OID, 4, true, TYPALIGN_INT));
+	args[7] = PointerGetDatum(construct_array(perms, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	args[8] = PointerGetDatum(sc_retry_schedule_len > 0 ?
+							  construct_array(delays, sc_retry_schedule_len, INT8OID, 8, true, TYPALIGN_DOUBLE) :
+							  construct_empty_array(INT8OID));
+	ret = SPI_execute_plan(plan, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not record delivery attempts: %s", SPI_result_code_string(ret));
 }
 
 /*
- * Hand every due delivery that fits the connection limits to the
- * transport.  Returns when the next not-yet-due delivery becomes due (0 if
- * none).
+ * Read the next batch of due deliveries after the cursor into the ready
+ * list, building each request (signature, headers, email message) now,
+ * inside the transaction.  A host that already has FETCH_PER_HOST ready is
+ * skipped this sweep; the next sweep picks its rows up.  Returns when the
+ * next not-yet-due delivery becomes due (0 if none).
  */
 static TimestampTz
 fetch_due(void)
 {
-	Oid			types[2] = {INT4OID, INT4OID};
-	Datum		args[2];
+	Oid			types[3] = {TIMESTAMPTZOID, INT8OID, INT4OID};
+	Datum		args[3];
 	SPIPlanPtr	plan;
 	int			ret;
-	int			free_slots = sc_max_deliveries_in_flight - sc_transport_in_flight();
 	TimestampTz next_due = 0;
 	int64		now_s = (int64) time(NULL);
+	uint64		fetched = 0;
+	int			ready_added;
+	MemoryContext old;
+	ReadyBatch *batch;
+	MemoryContext batch_cxt;
 
 	plan = keep_plan(&due_plan,
 					 "SELECT id, channel, target, target_host, webhook_id, body,"
-					 "       webhook_secret, header_lines, email_subject, execution_id, next_due"
-					 "  FROM smartconnector.due_deliveries($1, $2)",
-					 2, types);
-	args[0] = Int32GetDatum(sc_max_connections_per_host);
-	args[1] = Int32GetDatum(sc_max_deliveries_in_flight + sc_transport_in_flight());
+					 "       webhook_secret, header_lines, email_subject, execution_id,"
+					 "       next_attempt_at, next_due"
+					 "  FROM smartconnector.due_deliveries($1, $2, $3)",
+					 3, types);
+	args[0] = TimestampTzGetDatum(cursor_at);
+	args[1] = Int64GetDatum(cursor_id);
+	args[2] = Int32GetDatum(FETCH_BATCH);
 	/* read_only = false: see the attempts recorded just before, in this transaction */
 	ret = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read due deliveries: %s", SPI_result_code_string(ret));
 
+	batch_cxt = AllocSetContextCreate(ready_cxt, "smartconnector ready batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	batch = MemoryContextAllocZero(batch_cxt, sizeof(ReadyBatch));
+	batch->cxt = batch_cxt;
+	old = MemoryContextSwitchTo(batch_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		int64		id;
-		char	   *channel;
-		char	   *target;
-		char	   *host;
-		char	   *msg_id;
+		ReadyDelivery *r;
 		char	   *body;
 
-		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		r = palloc0(sizeof(ReadyDelivery));
+		r->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		if (isnull)
 		{
-			Datum		d = SPI_getbinval(tup, desc, 11, &isnull);
+			Datum		d = SPI_getbinval(tup, desc, 12, &isnull);
 
 			if (!isnull)
 				next_due = DatumGetTimestampTz(d);
+			pfree(r);
 			continue;
 		}
-		host = SPI_getvalue(tup, desc, 4);
-		if (free_slots <= 0 || sc_transport_has(id) ||
-			sc_transport_host_count(host) >= sc_max_connections_per_host)
+		fetched++;
+		cursor_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
+		cursor_id = r->id;
+		r->host = SPI_getvalue(tup, desc, 4);
+		r->batch = batch;
+		if (sc_transport_has(r->id) || is_ready(r->id) ||
+			ready_for_host(r->host) >= FETCH_PER_HOST)
 			continue;
 
-		channel = SPI_getvalue(tup, desc, 2);
-		target = SPI_getvalue(tup, desc, 3);
-		msg_id = SPI_getvalue(tup, desc, 5);
+		r->is_webhook = (strcmp(SPI_getvalue(tup, desc, 2), "webhook") == 0);
+		r->target = SPI_getvalue(tup, desc, 3);
 		body = SPI_getvalue(tup, desc, 6);
-
-		if (strcmp(channel, "webhook") == 0)
+		if (r->is_webhook)
 		{
-			List	   *headers = NIL;
+			char	   *msg_id = SPI_getvalue(tup, desc, 5);
 			char	   *secret = SPI_getvalue(tup, desc, 7);
 			Datum		lines = SPI_getbinval(tup, desc, 8, &isnull);
 
-			headers = lappend(headers, "Content-Type: application/json");
-			headers = lappend(headers, "User-Agent: smartconnector/" SC_VERSION);
-			headers = lappend(headers, psprintf("webhook-id: %s", msg_id));
-			headers = lappend(headers, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
+			r->body = body;
+			r->headers = lappend(r->headers, "Content-Type: application/json");
+			r->headers = lappend(r->headers, "User-Agent: smartconnector/" SC_VERSION);
+			r->headers = lappend(r->headers, psprintf("webhook-id: %s", msg_id));
+			r->headers = lappend(r->headers, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
 			if (secret != NULL)
 			{
 				char	   *sig = sc_webhook_signature(secret, msg_id, now_s, body);
 
 				if (sig != NULL)
-					headers = lappend(headers, psprintf("webhook-signature: %s", sig));
+					r->headers = lappend(r->headers, psprintf("webhook-signature: %s", sig));
 			}
 			if (!isnull)
 			{
@@ -299,23 +361,130 @@ fetch_due(void)
 				for (int k = 0; k < n; k++)
 				{
 					if (!elem_nulls[k])
-						headers = lappend(headers, TextDatumGetCString(elems[k]));
+						r->headers = lappend(r->headers, TextDatumGetCString(elems[k]));
 				}
 			}
-			sc_transport_add_webhook(id, host, target, body, headers);
 		}
 		else
 		{
+			char	   *msg_id = SPI_getvalue(tup, desc, 5);
 			char	   *subject = SPI_getvalue(tup, desc, 9);
 			int64		execution_id = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
 
-			sc_transport_add_email(id, target,
-								   sc_email_message(sc_smtp_from, target, subject, body,
-													msg_id, execution_id));
+			r->body = sc_email_message(sc_smtp_from, r->target, subject, body, msg_id, execution_id);
 		}
-		free_slots--;
+		MemoryContextSwitchTo(ready_cxt);
+		ready = lappend(ready, r);
+		MemoryContextSwitchTo(batch_cxt);
+		batch->live++;
 	}
+	MemoryContextSwitchTo(old);
+	ready_added = batch->live;
+	if (batch->live == 0)
+		MemoryContextDelete(batch_cxt);
+
+	/*
+	 * A short batch means the sweep reached the end: the next one starts
+	 * from the head again, for what this one skipped (in flight, or its host
+	 * had enough ready) and for what committed behind the cursor.
+	 */
+	if (fetched < FETCH_BATCH)
+	{
+		cursor_at = DT_NOBEGIN;
+		cursor_id = 0;
+	}
+	/* found nothing new to send: wait for a commit, a finished transfer or next_due */
+	last_fetch_empty = (ready_added == 0);
+	last_fetch_at = GetCurrentTimestamp();
 	return next_due;
+}
+
+/*
+ * How many ready deliveries are for this host.
+ */
+static int
+ready_for_host(const char *host)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, ready)
+	{
+		if (strcmp(((ReadyDelivery *) lfirst(lc))->host, host) == 0)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * Whether a delivery is already in the ready list.
+ */
+static bool
+is_ready(int64 id)
+{
+	ListCell   *lc;
+
+	foreach(lc, ready)
+	{
+		if (((ReadyDelivery *) lfirst(lc))->id == id)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Whether the ready list keeps the transport busy without a fetch.  It does
+ * not when it is empty; when all that is left waits for busy hosts, a fetch
+ * every BLOCKED_FETCH_MS looks for other hosts' work, so a slow host's
+ * backlog never keeps the others waiting (and a single busy host is not
+ * re-read on every turn).
+ */
+static bool
+ready_can_start(void)
+{
+	ListCell   *lc;
+
+	if (ready == NIL)
+		return false;
+	if (sc_transport_in_flight() >= sc_max_deliveries_in_flight)
+		return true;			/* everything waits anyway */
+	if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_fetch_at, BLOCKED_FETCH_MS))
+		return false;
+	foreach(lc, ready)
+	{
+		if (sc_transport_host_count(((ReadyDelivery *) lfirst(lc))->host) <
+			sc_max_connections_per_host)
+			return true;
+	}
+	return true;				/* blocked, but looked for other hosts recently */
+}
+
+/*
+ * Hand ready deliveries to the transport while their host, and the
+ * dispatcher as a whole, have room.  The transport copies what it needs; a
+ * batch's memory goes when its last request has started.
+ */
+static void
+start_ready(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, ready)
+	{
+		ReadyDelivery *r = (ReadyDelivery *) lfirst(lc);
+
+		if (sc_transport_in_flight() >= sc_max_deliveries_in_flight)
+			break;
+		if (sc_transport_host_count(r->host) >= sc_max_connections_per_host)
+			continue;
+		if (r->is_webhook)
+			sc_transport_add_webhook(r->id, r->host, r->target, r->body, r->headers);
+		else
+			sc_transport_add_email(r->id, r->target, r->body);
+		ready = foreach_delete_current(ready, lc);
+		if (--r->batch->live == 0)
+			MemoryContextDelete(r->batch->cxt);
+	}
 }
 
 /*
@@ -328,6 +497,8 @@ sc_dispatcher_main(Datum main_arg)
 	volatile bool need_fetch = true;
 	volatile bool installed = false;
 	volatile TimestampTz next_due = 0;
+	List	   *volatile unrecorded = NIL;	/* finished, not yet recorded */
+	volatile TimestampTz first_unrecorded = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -351,11 +522,15 @@ sc_dispatcher_main(Datum main_arg)
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector dispatcher pass",
 									 ALLOCSET_DEFAULT_SIZES);
+	ready_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector dispatcher ready",
+									  ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
 		List	   *results;
-		long		timeout;
+		long		timeout = DISPATCHER_MAX_NAP_MS;
+		TimestampTz now;
+		bool		record_now;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -370,13 +545,32 @@ sc_dispatcher_main(Datum main_arg)
 
 		results = sc_transport_take_results();
 		if (results != NIL)
-			need_fetch = true;	/* slots were freed */
-		if (next_due != 0 && GetCurrentTimestamp() >= next_due)
-			need_fetch = true;
-
-		if (need_fetch)
 		{
-			need_fetch = false;
+			/* the list outlives this turn's pass_cxt */
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			if (unrecorded == NIL)
+				first_unrecorded = GetCurrentTimestamp();
+			unrecorded = list_concat(unrecorded, results);
+			list_free(results);
+			MemoryContextSwitchTo(old);
+		}
+		start_ready();			/* freed connections take ready requests at once */
+
+		now = GetCurrentTimestamp();
+		if (next_due != 0 && now >= next_due)
+			need_fetch = true;
+		/* nothing ready can start: fetch more, unless the last look found nothing */
+		if (!ready_can_start() && !last_fetch_empty)
+			need_fetch = true;
+		record_now = unrecorded != NIL &&
+			(list_length(unrecorded) >= RECORD_GROUP || sc_transport_in_flight() == 0 ||
+			 now >= TimestampTzPlusMilliseconds(first_unrecorded, RECORD_DELAY_MS));
+
+		if (record_now || (need_fetch && !ready_can_start()))
+		{
+			bool		fetch = need_fetch && !ready_can_start();
+
 			PG_TRY();
 			{
 				SetCurrentStatementStartTimestamp();
@@ -388,13 +582,16 @@ sc_dispatcher_main(Datum main_arg)
 				installed = extension_installed();
 				if (installed)
 				{
-					record_results(results);
-					next_due = fetch_due();
+					record_results(unrecorded);
+					if (fetch)
+						next_due = fetch_due();
 				}
 				SPI_finish();
 				PopActiveSnapshot();
 				CommitTransactionCommand();
 				pgstat_report_activity(STATE_IDLE, NULL);
+				if (fetch)
+					need_fetch = false;
 			}
 			PG_CATCH();
 			{
@@ -405,21 +602,47 @@ sc_dispatcher_main(Datum main_arg)
 				next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 			}
 			PG_END_TRY();
+
+			/* a failed attempt is retried later: look again by then */
+			{
+				ListCell   *lc;
+
+				foreach(lc, unrecorded)
+				{
+					if (!((ScTransferResult *) lfirst(lc))->ok)
+					{
+						TimestampTz soon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+
+						if (next_due == 0 || soon < next_due)
+							next_due = soon;
+						break;
+					}
+				}
+			}
+			if (unrecorded != NIL)
+				last_fetch_empty = false;	/* retries or freed slots: look again */
+			sc_transport_free_results(unrecorded);
+			unrecorded = NIL;
+			start_ready();
 		}
-		sc_transport_free_results(results);
 
 		if (!installed)
 			timeout = 10000;
-		else if (next_due != 0)
-		{
-			long		secs;
-			int			usecs;
-
-			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
-			timeout = Min(secs * 1000 + (usecs + 999) / 1000, DISPATCHER_MAX_NAP_MS);
-		}
 		else
-			timeout = DISPATCHER_MAX_NAP_MS;
+		{
+			if (next_due != 0)
+			{
+				long		secs;
+				int			usecs;
+
+				TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
+				timeout = Min(timeout, secs * 1000 + (usecs + 999) / 1000);
+			}
+			if (unrecorded != NIL)
+				timeout = Min(timeout, RECORD_DELAY_MS);
+			if (need_fetch && !ready_can_start())
+				timeout = 0;
+		}
 
 		if (sc_transport_wait(timeout))
 			need_fetch = true;
