@@ -15,11 +15,12 @@ OBJS = \
 	src/executor.o \
 	src/launcher.o \
 	src/payload.o \
-	src/dispatcher.o
+	src/dispatcher.o \
+	src/cron.o
 
 DATA = sql/smartconnector--0.1.sql
 
-REGRESS = settings access audit executions dispatch
+REGRESS = settings access audit executions dispatch operations
 REGRESS_OPTS = --temp-instance=./tmp_check_regress \
 	--temp-config=$(srcdir)/test/regress.conf
 

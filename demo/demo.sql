@@ -4,6 +4,7 @@
 \set SHOW_CONTEXT never
 
 CREATE EXTENSION smartconnector;
+CREATE EXTENSION pg_cron;     -- for schedules (optional)
 
 -- An admin role, the way a team would set one up.
 CREATE ROLE etl_admin LOGIN IN ROLE smartconnector_admin;
@@ -116,3 +117,16 @@ SELECT execution_id, channel, target, reason, state, attempts, last_status,
 SELECT channel, count(*), count(*) FILTER (WHERE state = 'delivered') AS delivered,
        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS median_latency_ms
   FROM smartconnector.delivery GROUP BY channel;
+
+-- ======================================================================
+-- Schedules, chaining and the overview
+-- ======================================================================
+-- A nightly schedule is a pg_cron job that survives renames; the overview shows the next run.
+SELECT smartconnector.schedule('orders_to_warehouse', '0 3 * * *') > 0 AS scheduled;
+-- When the customers sync succeeds, the orders sync runs next (in the same transaction).
+SELECT smartconnector.chain('crm_customers', 'orders_to_warehouse');
+\x on
+SELECT * FROM smartconnector.overview WHERE api_name = 'orders_to_warehouse';
+\x off
+SELECT id, api_name, state, trigger_type, waited, took, created, updated, total
+  FROM smartconnector.recent_executions LIMIT 3;

@@ -109,8 +109,9 @@ RESET ROLE;
 
 --
 -- every SECURITY DEFINER function pins search_path and is not executable by
--- PUBLIC, except unchanged(): handlers run as any role, and it acts only on
--- the calling session's own execution
+-- PUBLIC, except unchanged() (handlers run as any role; it acts only on the
+-- calling session's own execution) and set_user_email() (every role sets its
+-- own address; only admins set others')
 --
 SELECT p.oid::regprocedure AS unpinned
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
@@ -120,7 +121,8 @@ SELECT p.oid::regprocedure AS public_executable
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'smartconnector'
  WHERE p.prosecdef AND has_function_privilege('public', p.oid, 'EXECUTE')
-   AND p.oid <> 'smartconnector.unchanged(text, jsonb)'::regprocedure;
+   AND p.oid NOT IN ('smartconnector.unchanged(text, jsonb)'::regprocedure,
+                     'smartconnector.set_user_email(text, name)'::regprocedure);
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants
  WHERE table_schema = 'smartconnector' AND grantee = 'PUBLIC';

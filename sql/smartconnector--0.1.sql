@@ -96,6 +96,13 @@ CREATE FUNCTION smartconnector.calling_role()
 RETURNS name
 LANGUAGE C STRICT STABLE PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'calling_role';
+
+CREATE FUNCTION smartconnector.caller_trigger_type()
+RETURNS text
+LANGUAGE C STRICT STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'caller_trigger_type';
+COMMENT ON FUNCTION smartconnector.caller_trigger_type() IS
+	'How trigger() was reached: schedule (a pg_cron job), manual (psql) or api';
 COMMENT ON FUNCTION smartconnector.calling_role() IS
 	'The role that called (login or SET ROLE), unaffected by SECURITY DEFINER functions';
 
@@ -658,6 +665,10 @@ BEGIN
 	UPDATE smartconnector.connector SET api_name = new_api_name WHERE id = target.id;
 	PERFORM pg_catalog.set_config('smartconnector.internal_change', '', true);
 
+	IF EXISTS (SELECT 1 FROM smartconnector.schedules() s WHERE s.connector_id = target.id) THEN
+		RAISE WARNING 'connector "%" has a schedule', old_api_name
+			USING DETAIL = 'The schedule runs by connector id and keeps working under the new name.';
+	END IF;
 	IF EXISTS (SELECT 1 FROM smartconnector.execution e WHERE e.connector_id = target.id) THEN
 		RAISE WARNING 'connector "%" has executions recorded under its old api_name', old_api_name
 			USING DETAIL = 'Completion webhooks and reports name the connector by its new api_name from now on.',
@@ -977,14 +988,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT smartconnector.enqueue(smartconnector.connector_id($1), $2, $3, $4,
-		CASE pg_catalog.current_setting('application_name')
-			WHEN 'pg_cron' THEN 'schedule'
-			WHEN 'psql' THEN 'manual'
-			ELSE 'api' END,
-		smartconnector.calling_role())
+		smartconnector.caller_trigger_type(), smartconnector.calling_role())
 $$;
 COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
-	'Queue an execution and return its id at once (trigger_type: schedule from pg_cron, manual from psql, api otherwise)';
+	'Queue an execution and return its id at once (trigger_type: schedule from a pg_cron job, manual from psql, api otherwise)';
 
 /*
  * Admit the oldest queued execution of one connector if its status and
@@ -1090,10 +1097,24 @@ LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	next record;
 BEGIN
 	IF smartconnector.queue_deliveries(execution_id) > 0 THEN
 		PERFORM smartconnector.wake_dispatcher_at_commit();
 	END IF;
+	/* chained connectors start in this same transaction, with the event as input */
+	FOR next IN
+		SELECT ch.to_connector_id, e.initiated_by
+		  FROM smartconnector.execution e
+		  JOIN smartconnector.chain ch ON ch.from_connector_id = e.connector_id
+		 WHERE e.id = execution_ended.execution_id AND e.state = ANY (ch.on_status)
+		 ORDER BY ch.to_connector_id
+	LOOP
+		PERFORM smartconnector.enqueue(next.to_connector_id,
+			jsonb_build_object('chained_from', smartconnector.execution_metadata(execution_id)),
+			false, false, 'chain', next.initiated_by);
+	END LOOP;
 	PERFORM smartconnector.wake_at_commit();
 END
 $$;
@@ -1734,6 +1755,358 @@ COMMENT ON FUNCTION smartconnector.redeliver(bigint) IS
 	'Send a webhook or email again now, with the same webhook-id and body';
 
 /* ------------------------------------------------------------------------
+ * Schedules (pg_cron), chaining, administration views, retention
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION smartconnector.cron_next(schedule text, after timestamptz)
+RETURNS timestamptz LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'cron_next';
+COMMENT ON FUNCTION smartconnector.cron_next(text, timestamptz) IS
+	'When a five-field cron schedule fires next after a moment (UTC, as pg_cron 1.4); NULL for other syntax';
+
+CREATE FUNCTION smartconnector.retention_cutoff()
+RETURNS timestamptz LANGUAGE C STRICT STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'retention_cutoff';
+COMMENT ON FUNCTION smartconnector.retention_cutoff() IS
+	'now() minus smartconnector.history_retention, or NULL when history is kept forever';
+
+/* The job that pg_cron runs for a schedule: queue one execution. */
+CREATE FUNCTION smartconnector.trigger_scheduled(connector_id bigint)
+RETURNS bigint
+LANGUAGE sql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT smartconnector.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
+$$;
+COMMENT ON FUNCTION smartconnector.trigger_scheduled(bigint) IS
+	'What a smartconnector schedule runs: queue an execution with trigger_type schedule';
+
+CREATE FUNCTION smartconnector.require_pg_cron()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+		RAISE EXCEPTION 'pg_cron is not installed in database "%"', pg_catalog.current_database()
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'smartconnector schedules are pg_cron jobs.',
+				  HINT = 'Install postgresql-15-cron, add pg_cron to shared_preload_libraries, set cron.database_name to this database, restart, and run CREATE EXTENSION pg_cron.';
+	END IF;
+END
+$$;
+
+/*
+ * Schedule a connector with a cron expression.  The pg_cron job (named
+ * "smartconnector:<connector id>", so renames do not affect it) runs as
+ * the caller, who is then the initiator of the scheduled executions.  A
+ * new schedule replaces the connector's previous one.  Returns the job id.
+ */
+CREATE FUNCTION smartconnector.schedule(api_name text, cron text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cid bigint;
+	job_name text;
+	old_job bigint;
+BEGIN
+	PERFORM smartconnector.require_pg_cron();
+	cid := smartconnector.connector_id(api_name);
+	job_name := 'smartconnector:' || cid;
+	FOR old_job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1' USING job_name LOOP
+		EXECUTE 'SELECT cron.unschedule($1)' USING old_job;
+	END LOOP;
+	RETURN cron.schedule_in_database(job_name, cron,
+		format('SELECT smartconnector.trigger_scheduled(%s)', cid),
+		pg_catalog.current_database(), smartconnector.calling_role()::text, true);
+END
+$$;
+COMMENT ON FUNCTION smartconnector.schedule(text, text) IS
+	'Run a connector on a cron schedule (through pg_cron), as the calling role; replaces its previous schedule';
+
+/* Remove a connector's schedule; false if it had none. */
+CREATE FUNCTION smartconnector.unschedule(api_name text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	job bigint;
+	found_one boolean := false;
+BEGIN
+	PERFORM smartconnector.require_pg_cron();
+	FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1'
+		USING 'smartconnector:' || smartconnector.connector_id(api_name)
+	LOOP
+		EXECUTE 'SELECT cron.unschedule($1)' USING job;
+		found_one := true;
+	END LOOP;
+	RETURN found_one;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.unschedule(text) IS
+	'Remove a connector''s schedule; returns false if it had none';
+
+/* Schedules as the overview shows them (empty without pg_cron). */
+CREATE FUNCTION smartconnector.schedules()
+RETURNS TABLE (connector_id bigint, jobid bigint, schedule text, active boolean,
+			   run_as text, next_run timestamptz)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+		RETURN;
+	END IF;
+	RETURN QUERY EXECUTE
+		$q$SELECT substr(j.jobname, 16)::bigint, j.jobid, j.schedule, j.active, j.username::text,
+				  CASE WHEN j.active THEN smartconnector.cron_next(j.schedule, pg_catalog.now()) END
+			 FROM cron.job j WHERE j.jobname ~ '^smartconnector:[0-9]+$'$q$;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.schedules() IS
+	'Connector schedules held by pg_cron, with the next run time';
+
+/* A schedule goes with its connector. */
+CREATE FUNCTION smartconnector.connector_after_delete()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	job bigint;
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+		FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1'
+			USING 'smartconnector:' || OLD.id
+		LOOP
+			EXECUTE 'SELECT cron.unschedule($1)' USING job;
+		END LOOP;
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER connector_after_delete
+	AFTER DELETE ON smartconnector.connector
+	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_after_delete();
+
+/* ---- chaining ---- */
+
+CREATE TABLE smartconnector.chain (
+	from_connector_id bigint NOT NULL
+		REFERENCES smartconnector.connector (id) ON DELETE CASCADE,
+	to_connector_id bigint NOT NULL
+		REFERENCES smartconnector.connector (id) ON DELETE CASCADE,
+	on_status smartconnector.execution_state[] NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by name NOT NULL,
+	PRIMARY KEY (from_connector_id, to_connector_id),
+	CONSTRAINT chain_not_self CHECK (from_connector_id <> to_connector_id),
+	CONSTRAINT chain_on_status_check CHECK (
+		cardinality(on_status) > 0 AND
+		on_status <@ ARRAY['success', 'partial_success', 'failed', 'cancelled']::smartconnector.execution_state[])
+);
+CREATE INDEX chain_to_idx ON smartconnector.chain (to_connector_id);
+COMMENT ON TABLE smartconnector.chain IS
+	'When an execution of from_connector ends in one of on_status, an execution of to_connector is triggered in the same transaction';
+
+/*
+ * Trigger to_api_name whenever an execution of from_api_name ends in one of
+ * on_status.  Cycles are refused.  Chaining the same pair again replaces
+ * its statuses.
+ */
+CREATE FUNCTION smartconnector.chain(from_api_name text, to_api_name text,
+									 on_status text[] DEFAULT ARRAY['success'])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	from_id bigint := smartconnector.connector_id(from_api_name);
+	to_id bigint := smartconnector.connector_id(to_api_name);
+	bad text;
+BEGIN
+	IF on_status IS NULL OR cardinality(on_status) = 0 THEN
+		RAISE EXCEPTION 'on_status must name at least one end state'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use success, partial_success, failed or cancelled.';
+	END IF;
+	SELECT s INTO bad FROM unnest(on_status) AS s
+	 WHERE s IS NULL OR s NOT IN ('success', 'partial_success', 'failed', 'cancelled') LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid chain status: "%"', coalesce(bad, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use success, partial_success, failed or cancelled.';
+	END IF;
+	IF from_id = to_id THEN
+		RAISE EXCEPTION 'cannot chain connector "%" to itself', from_api_name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	/* one chain change at a time, so two cannot close a cycle together */
+	LOCK TABLE smartconnector.chain IN SHARE ROW EXCLUSIVE MODE;
+	IF EXISTS (
+		WITH RECURSIVE reach(id) AS (
+			SELECT to_id
+			UNION
+			SELECT c.to_connector_id FROM smartconnector.chain c JOIN reach r ON c.from_connector_id = r.id)
+		SELECT 1 FROM reach WHERE id = from_id) THEN
+		RAISE EXCEPTION 'chaining "%" to "%" would create a cycle', from_api_name, to_api_name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%L already leads back to %L.', to_api_name, from_api_name);
+	END IF;
+	INSERT INTO smartconnector.chain (from_connector_id, to_connector_id, on_status, created_by)
+	VALUES (from_id, to_id, on_status::smartconnector.execution_state[], smartconnector.calling_role())
+	ON CONFLICT (from_connector_id, to_connector_id)
+	DO UPDATE SET on_status = excluded.on_status, created_by = excluded.created_by;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.chain(text, text, text[]) IS
+	'Trigger a connector when another''s execution ends in one of the given states (default success); no cycles';
+
+CREATE FUNCTION smartconnector.unchain(from_api_name text, to_api_name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM smartconnector.chain
+	 WHERE from_connector_id = smartconnector.connector_id(from_api_name)
+	   AND to_connector_id = smartconnector.connector_id(to_api_name);
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector "%" is not chained to "%"', from_api_name, to_api_name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.unchain(text, text) IS
+	'Remove a chain between two connectors';
+
+/* ---- administration views ---- */
+
+CREATE INDEX execution_failed_idx ON smartconnector.execution (connector_id, ended_at)
+	WHERE state = 'failed';
+CREATE INDEX execution_ended_at_idx ON smartconnector.execution (ended_at);
+
+CREATE VIEW smartconnector.overview AS
+	SELECT c.api_name, c.name, c.status,
+		   c.max_concurrent_executions AS max_concurrent,
+		   (SELECT count(*) FROM smartconnector.queue q WHERE q.connector_id = c.id) AS queued,
+		   (SELECT count(*) FROM smartconnector.execution e
+			 WHERE e.connector_id = c.id AND e.state = 'running') AS running,
+		   last.id AS last_execution,
+		   last.state AS last_state,
+		   last.ended_at AS last_ended_at,
+		   (SELECT count(*) FROM smartconnector.execution e
+			 WHERE e.connector_id = c.id AND e.state = 'failed'
+			   AND e.ended_at > pg_catalog.now() - interval '24 hours') AS failures_24h,
+		   s.schedule,
+		   s.next_run
+	  FROM smartconnector.connector c
+	  LEFT JOIN LATERAL (SELECT e.id, e.state, e.ended_at FROM smartconnector.execution e
+						  WHERE e.connector_id = c.id AND e.state NOT IN ('queued', 'running')
+						  ORDER BY e.id DESC LIMIT 1) last ON true
+	  LEFT JOIN smartconnector.schedules() s ON s.connector_id = c.id
+	 ORDER BY c.api_name;
+COMMENT ON VIEW smartconnector.overview IS
+	'Per connector: status, limit, queued and running, last execution, failures in 24 h, schedule and next run';
+
+CREATE VIEW smartconnector.recent_executions AS
+	SELECT e.id, c.api_name, e.state, e.trigger_type, e.initiated_by,
+		   e.queued_at,
+		   e.started_at - e.queued_at AS waited,
+		   e.ended_at - e.started_at AS took,
+		   e.records_created AS created, e.records_updated AS updated,
+		   e.records_skipped AS skipped, e.records_failed AS failed,
+		   e.records_total AS total,
+		   left(e.error, 80) AS error
+	  FROM smartconnector.execution e
+	  JOIN smartconnector.connector c ON c.id = e.connector_id
+	 ORDER BY e.id DESC;
+COMMENT ON VIEW smartconnector.recent_executions IS
+	'Executions, newest first, with waiting time, duration and record counts (add LIMIT)';
+
+/* Set (or with NULL remove) a role's email; your own, or anyone's as an admin. */
+CREATE FUNCTION smartconnector.set_user_email(email text, role_name name DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	caller name := smartconnector.calling_role();
+	target name := coalesce(set_user_email.role_name, caller);
+BEGIN
+	IF target <> caller AND NOT pg_catalog.pg_has_role(caller, 'smartconnector_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'permission denied to set the email of role "%"', target
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Roles set their own address; admins may set anyone''s.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = target) THEN
+		RAISE EXCEPTION 'role "%" does not exist', target USING ERRCODE = 'undefined_object';
+	END IF;
+	IF email IS NULL THEN
+		DELETE FROM smartconnector.user_email u WHERE u.role_name = target;
+	ELSE
+		INSERT INTO smartconnector.user_email AS u (role_name, email) VALUES (target, email)
+		ON CONFLICT (role_name) DO UPDATE SET email = excluded.email;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.set_user_email(text, name) IS
+	'Set or (with NULL) remove the email address a role is notified at';
+
+/* ---- retention ---- */
+
+/*
+ * Delete up to batch_size ended executions (with their report rows and
+ * deliveries) that ended before older_than (default: now minus
+ * smartconnector.history_retention).  Executions with a delivery still
+ * pending are kept.  Touches only ended executions, so admission never
+ * waits for it.  Returns how many were deleted; call again while it
+ * returns batch_size.
+ */
+CREATE FUNCTION smartconnector.cleanup(older_than timestamptz DEFAULT NULL,
+									   batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff timestamptz := coalesce(older_than, smartconnector.retention_cutoff());
+	n bigint;
+BEGIN
+	IF cutoff IS NULL THEN
+		RETURN 0;
+	END IF;
+	DELETE FROM smartconnector.execution x
+	 WHERE x.id IN (
+		SELECT e.id FROM smartconnector.execution e
+		 WHERE e.ended_at < cutoff
+		   AND e.state NOT IN ('queued', 'running')
+		   AND NOT EXISTS (SELECT 1 FROM smartconnector.delivery d
+							WHERE d.execution_id = e.id AND d.state = 'pending')
+		 ORDER BY e.ended_at
+		 LIMIT batch_size);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION smartconnector.cleanup(timestamptz, integer) IS
+	'Delete ended executions (with reports and deliveries) older than the retention; the launcher runs it every minute';
+
+/* ------------------------------------------------------------------------
  * Privileges
  * ------------------------------------------------------------------------ */
 
@@ -1747,6 +2120,7 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.check_webhook_headers(jsonb),
 	smartconnector.generate_webhook_secret(),
 	smartconnector.calling_role(),
+	smartconnector.caller_trigger_type(),
 	smartconnector.handler_problem(regprocedure, regrole),
 	smartconnector.masked_value(text, jsonb),
 	smartconnector.masked_row(jsonb)
@@ -1778,6 +2152,16 @@ GRANT SELECT ON smartconnector.execution, smartconnector.execution_record,
 	smartconnector.execution_progress, smartconnector.user_email
 	TO smartconnector_viewer;
 GRANT EXECUTE ON FUNCTION smartconnector.execution_metadata(bigint) TO smartconnector_viewer;
+GRANT EXECUTE ON FUNCTION
+	smartconnector.schedules(),
+	smartconnector.cron_next(text, timestamptz)
+	TO smartconnector_viewer;
+GRANT SELECT ON smartconnector.overview, smartconnector.recent_executions, smartconnector.chain
+	TO smartconnector_viewer;
+/* scheduled jobs run as the role that scheduled them */
+GRANT EXECUTE ON FUNCTION smartconnector.trigger_scheduled(bigint) TO smartconnector_operator;
+/* every role manages its own address */
+GRANT EXECUTE ON FUNCTION smartconnector.set_user_email(text, name) TO PUBLIC;
 /* deliveries without the payload's secrets: the payload holds none, but targets are settings */
 GRANT SELECT (id, execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload, state,
 			  attempts, created_at, next_attempt_at, last_attempt_at, delivered_at, last_status,
@@ -1805,7 +2189,12 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.create_connector(text, text, text, smartconnector.connector_status, integer,
 									text, text, text, text, jsonb, boolean, regprocedure, regrole),
 	smartconnector.change_api_name(text, text),
-	smartconnector.drop_api_name_alias(text)
+	smartconnector.drop_api_name_alias(text),
+	smartconnector.schedule(text, text),
+	smartconnector.unschedule(text),
+	smartconnector.chain(text, text, text[]),
+	smartconnector.unchain(text, text),
+	smartconnector.cleanup(timestamptz, integer)
 	TO smartconnector_admin;
 
 /* pg_dump keeps connectors, aliases and their audit trail */
@@ -1821,4 +2210,5 @@ SELECT pg_catalog.pg_extension_config_dump('smartconnector.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.delivery', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.delivery_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.user_email', '');
+SELECT pg_catalog.pg_extension_config_dump('smartconnector.chain', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.record_hash', '');

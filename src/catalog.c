@@ -18,6 +18,8 @@
 #include "common/base64.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "utils/guc.h"
 #include "nodes/pg_list.h"
 #include "port.h"
 #include "utils/builtins.h"
@@ -30,6 +32,7 @@ PG_FUNCTION_INFO_V1(check_webhook_secret);
 PG_FUNCTION_INFO_V1(check_webhook_headers);
 PG_FUNCTION_INFO_V1(generate_webhook_secret);
 PG_FUNCTION_INFO_V1(calling_role);
+PG_FUNCTION_INFO_V1(caller_trigger_type);
 
 static const char *email_problem(const char *addr);
 static bool is_atext(unsigned char c);
@@ -375,4 +378,25 @@ calling_role(PG_FUNCTION_ARGS)
 	char	   *name = GetUserNameFromId(GetOuterUserId(), false);
 
 	PG_RETURN_DATUM(DirectFunctionCall1(namein, CStringGetDatum(name)));
+}
+
+/*
+ * caller_trigger_type() returns text: how trigger() was reached.
+ *
+ * "schedule" from a pg_cron job, whether pg_cron runs it in one of its
+ * background workers or through a libpq connection (application_name
+ * "pg_cron"); "manual" from psql; "api" from anything else.
+ */
+Datum
+caller_trigger_type(PG_FUNCTION_ARGS)
+{
+	const char *appname = GetConfigOption("application_name", true, false);
+	const char *type = "api";
+
+	if ((MyBgworkerEntry != NULL && strcmp(MyBgworkerEntry->bgw_library_name, "pg_cron") == 0) ||
+		(appname != NULL && strcmp(appname, "pg_cron") == 0))
+		type = "schedule";
+	else if (appname != NULL && strcmp(appname, "psql") == 0)
+		type = "manual";
+	PG_RETURN_TEXT_P(cstring_to_text(type));
 }

@@ -36,6 +36,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "smartconnector.h"
 
@@ -43,11 +44,15 @@
 #define LAUNCHER_BUSY_NAPTIME_MS	1000
 /* ... and when nothing runs: only a safety net, commits wake us */
 #define LAUNCHER_IDLE_NAPTIME_MS	10000
+/* History cleanup (smartconnector.history_retention): how often, how much per transaction */
+#define CLEANUP_INTERVAL_MS			60000
+#define CLEANUP_BATCH				5000
 
 static BackgroundWorkerHandle **executor_handles = NULL;	/* per slot */
 static bool start_failure_logged = false;
 
 static void launcher_detach(int code, Datum arg);
+static bool cleanup_batch(void);
 static bool launcher_pass(int *running, int *admissible);
 static void manage_executors(int admissible);
 static bool start_executor(int slot);
@@ -129,6 +134,39 @@ launcher_pass(int *running, int *admissible)
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return installed;
+}
+
+/*
+ * Delete one batch of expired history, in a transaction of its own (it
+ * touches only ended executions, so admission never waits for it).
+ * Returns whether there may be more to delete.
+ */
+static bool
+cleanup_batch(void)
+{
+	int64		deleted = 0;
+	int			ret;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "smartconnector: deleting expired history");
+	ret = SPI_execute("SELECT smartconnector.cleanup(NULL, " CppAsString2(CLEANUP_BATCH) ")", false, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			deleted = DatumGetInt64(d);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return deleted >= CLEANUP_BATCH;
 }
 
 /*
@@ -253,6 +291,7 @@ void
 sc_launcher_main(Datum main_arg)
 {
 	MemoryContext pass_cxt;
+	volatile TimestampTz last_cleanup = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -280,7 +319,8 @@ sc_launcher_main(Datum main_arg)
 	{
 		int			running = 0;
 		int			admissible = 0;
-		bool		installed = false;
+		volatile bool installed = false;
+		volatile bool more_cleanup = false;
 		long		naptime;
 
 		CHECK_FOR_INTERRUPTS();
@@ -300,6 +340,13 @@ sc_launcher_main(Datum main_arg)
 			installed = launcher_pass(&running, &admissible);
 			if (installed)
 				manage_executors(admissible);
+			if (installed && GetCurrentTimestamp() >=
+				TimestampTzPlusMilliseconds(last_cleanup, CLEANUP_INTERVAL_MS))
+			{
+				more_cleanup = cleanup_batch();
+				if (!more_cleanup)
+					last_cleanup = GetCurrentTimestamp();
+			}
 		}
 		PG_CATCH();
 		{
@@ -311,6 +358,8 @@ sc_launcher_main(Datum main_arg)
 		PG_END_TRY();
 
 		naptime = (installed && running > 0) ? LAUNCHER_BUSY_NAPTIME_MS : LAUNCHER_IDLE_NAPTIME_MS;
+		if (more_cleanup)
+			naptime = 0;		/* delete the next batch right away */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 naptime, PG_WAIT_EXTENSION);
 	}

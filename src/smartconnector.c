@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -41,6 +42,7 @@ char	   *sc_smtp_password = NULL;
 int64	   *sc_retry_schedule_ms = NULL;
 int			sc_retry_schedule_len = 0;
 static char *sc_retry_schedule = NULL;
+int			sc_history_retention_min = 30 * 24 * 60;
 
 /* The parsed retry schedule, as the GUC machinery keeps it (malloc'd) */
 typedef struct RetrySchedule
@@ -110,6 +112,7 @@ assign_retry_schedule(const char *newval, void *extra)
 }
 
 PG_FUNCTION_INFO_V1(assert_installable);
+PG_FUNCTION_INFO_V1(retention_cutoff);
 
 /*
  * Define GUCs and, when preloaded, everything the postmaster must know.
@@ -231,6 +234,15 @@ _PG_init(void)
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, NULL);
 
+	DefineCustomIntVariable("smartconnector.history_retention",
+							"How long ended executions, their reports and deliveries are kept; 0 keeps them forever.",
+							"The launcher deletes older ones every minute, in batches.",
+							&sc_history_retention_min,
+							30 * 24 * 60, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+
 	DefineCustomStringVariable("smartconnector.report_url_template",
 							   "URL of an execution's output report; {execution_id} and {api_name} are replaced.",
 							   "Empty means executions have no report URL.",
@@ -304,4 +316,17 @@ assert_installable(PG_FUNCTION_ARGS)
 						 sc_database_name)));
 
 	PG_RETURN_VOID();
+}
+
+/*
+ * retention_cutoff() returns timestamptz: executions that ended before this
+ * may be deleted; NULL when smartconnector.history_retention is 0.
+ */
+Datum
+retention_cutoff(PG_FUNCTION_ARGS)
+{
+	if (sc_history_retention_min <= 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(GetCurrentTransactionStartTimestamp() -
+						  (TimestampTz) sc_history_retention_min * 60 * USECS_PER_SEC);
 }

@@ -109,6 +109,7 @@ extern char *sc_smtp_user;
 extern char *sc_smtp_password;
 extern int64 *sc_retry_schedule_ms;
 extern int	sc_retry_schedule_len;
+extern int	sc_history_retention_min;
 
 /* The outcome of one delivery attempt (http.c to dispatcher.c) */
 typedef struct ScTransferResult

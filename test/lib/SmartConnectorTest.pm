@@ -28,7 +28,8 @@ sub new_node
 	my ($name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opts{init} // {} });
-	my $conf = "shared_preload_libraries = 'smartconnector'\n"
+	my $preload = $opts{preload} // 'smartconnector';
+	my $conf = "shared_preload_libraries = '$preload'\n"
 	  . "smartconnector.database_name = 'postgres'\n"
 	  . "max_worker_processes = 16\n"
 	  . ($opts{conf} // '');
