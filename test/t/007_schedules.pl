@@ -93,6 +93,20 @@ ok($consistent, 'every overview read during the load agreed with the executions'
 ok($node->safe_psql('postgres', q{SELECT sum(failures_24h) > 0 AND sum(queued) > 0
 	FROM smartconnector.overview WHERE api_name LIKE 'busy\_%'}) eq 't', 'and the load left failures and a backlog to count');
 
+# --- history cleanup never blocks admission ---
+my $cleaner = $node->background_psql('postgres');
+$cleaner->query_safe('BEGIN');
+my $deleted = $cleaner->query_safe(q{SELECT smartconnector.cleanup(clock_timestamp())});
+ok($deleted > 0, "a cleanup deleted $deleted ended executions and keeps its transaction open");
+is($node->safe_psql('postgres', q{
+	SET statement_timeout = '5s';
+	SELECT smartconnector.trigger('busy_1') AS id \gset
+	SELECT smartconnector.claim('busy_1') IS NOT NULL;
+	SELECT smartconnector.finish(smartconnector.current_execution()) IS NOT NULL;}),
+	"t\nt", 'meanwhile executions are queued, admitted and ended without waiting');
+$cleaner->query_safe('COMMIT');
+$cleaner->quit;
+
 # --- the README's daily-operations block runs as written ---
 my $readme = slurp_file("$ENV{TESTDIR}/README.md") if -e "$ENV{TESTDIR}/README.md";
 $readme //= slurp_file('README.md');
