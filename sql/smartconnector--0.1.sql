@@ -1076,7 +1076,8 @@ BEGIN
 				 WHERE r.connector_id = c.id AND r.state = 'running')
 		 ORDER BY head.execution_id
 	LOOP
-		admitted := smartconnector.admit(candidate, false);
+		/* wait for the connector's row lock: another admission holds it only for a moment */
+		admitted := smartconnector.admit(candidate, true);
 		IF admitted IS NOT NULL THEN
 			RETURN admitted;
 		END IF;
@@ -1088,8 +1089,9 @@ $$;
 /*
  * Everything that follows the end of an execution, in the transaction that
  * ends it (the outbox): queue its webhook and emails and wake the
- * dispatcher, and wake the launcher (a slot is free).  Chained triggers hook
- * in here too.
+ * dispatcher, and trigger chained connectors.  The launcher is not woken: an
+ * executor that ends an execution admits the next one itself, and an
+ * external runner's freed slot is for the next claim().
  */
 CREATE FUNCTION smartconnector.execution_ended(execution_id bigint)
 RETURNS void
@@ -1115,7 +1117,6 @@ BEGIN
 			jsonb_build_object('chained_from', smartconnector.execution_metadata(execution_id)),
 			false, false, 'chain', next.initiated_by);
 	END LOOP;
-	PERFORM smartconnector.wake_at_commit();
 END
 $$;
 
@@ -1187,17 +1188,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	r record;
+	counts record;
 BEGIN
-	FOR r IN SELECT e.id, p.execution_id IS NOT NULL AS has_progress,
-					p.records_created, p.records_updated, p.records_skipped, p.records_failed
-			   FROM smartconnector.execution e
-			   LEFT JOIN smartconnector.progress() p ON p.execution_id = e.id
-			  WHERE e.state = 'running' ORDER BY e.id
+	FOR r IN SELECT e.id FROM smartconnector.execution e WHERE e.state = 'running' ORDER BY e.id
 	LOOP
 		IF NOT smartconnector.runner_alive(r.id) THEN
+			/* counts the dead runner published, if its progress slot still has them */
+			SELECT p.records_created, p.records_updated, p.records_skipped, p.records_failed
+			  INTO counts FROM smartconnector.progress() p WHERE p.execution_id = r.id;
 			PERFORM smartconnector.complete_execution(r.id,
-				coalesce(r.records_created, 0), coalesce(r.records_updated, 0),
-				coalesce(r.records_skipped, 0), coalesce(r.records_failed, 0),
+				coalesce(counts.records_created, 0), coalesce(counts.records_updated, 0),
+				coalesce(counts.records_skipped, 0), coalesce(counts.records_failed, 0),
 				'runner ended before the execution finished (its session or worker exited)',
 				NULL, NULL);
 		END IF;

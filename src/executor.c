@@ -123,6 +123,14 @@ admit_next(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "smartconnector: admitting");
 
+	/*
+	 * The admission need not wait for its WAL to reach disk: if a crash
+	 * loses it, the execution is simply queued again, and nothing of its run
+	 * can survive a crash that lost its admission (the run commits later,
+	 * synchronously, and WAL is flushed in order).
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
+
 	if (admit_plan == NULL)
 	{
 		admit_plan = SPI_prepare("SELECT smartconnector.admit_next()", 0, NULL);
@@ -142,6 +150,7 @@ admit_next(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return id;
 }
