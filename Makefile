@@ -16,7 +16,8 @@ OBJS = \
 	src/launcher.o \
 	src/payload.o \
 	src/dispatcher.o \
-	src/cron.o
+	src/cron.o \
+	src/worker.o
 
 DATA = sql/smartconnector--0.1.sql
 

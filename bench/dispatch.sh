@@ -15,32 +15,9 @@ N=${N:-20000}
 MEMORY_N=${MEMORY_N:-100000}
 PARALLEL=${PARALLEL:-8}
 
-# nginx as the receiver (installed here: the benchmark's own dependency)
-if ! command -v nginx >/dev/null; then
-	[[ $(id -u) -eq 0 ]] || { echo "nginx is needed: run as root or install it" >&2; exit 1; }
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
-fi
-
 bench_start "smartconnector.block_private_addresses = off
 smartconnector.max_connections_per_host = $PARALLEL"
-HTTP_PORT=$((BENCH_PORT + 1000))
-mkdir -p "$BENCH_DIR/nginx"
-cat > "$BENCH_DIR/nginx/nginx.conf" <<CONF
-daemon on;
-worker_processes 1;
-pid $BENCH_DIR/nginx/nginx.pid;
-error_log $BENCH_DIR/nginx/error.log;
-events { worker_connections 1024; }
-http {
-	access_log off;
-	client_body_temp_path $BENCH_DIR/nginx;
-	keepalive_requests 1000000;
-	server { listen 127.0.0.1:$HTTP_PORT; location / { return 204; } }
-}
-CONF
-nginx -c "$BENCH_DIR/nginx/nginx.conf"
-stop_nginx() { nginx -c "$BENCH_DIR/nginx/nginx.conf" -s stop 2>/dev/null || true; bench_stop; }
-trap stop_nginx EXIT
+bench_start_nginx
 URL="http://127.0.0.1:$HTTP_PORT/hook"
 
 gcc -O2 -o "$BENCH_DIR/curl_ceiling" "$src/bench/curl_ceiling.c" -lcurl

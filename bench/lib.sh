@@ -68,3 +68,31 @@ bench_insert_ceiling()
 	bench_pgbench -n -c "$clients" -j "$clients" -T "$seconds" -f "$BENCH_DIR/insert.sql" 2>/dev/null |
 		awk '/^tps/ {printf "%.0f\n", $3}'
 }
+
+# Start nginx on 127.0.0.1 answering 204 to every request (the receiver of
+# the dispatch and lifecycle benchmarks), installed here if missing; sets
+# HTTP_PORT and arranges for it to stop with the server.
+bench_start_nginx()
+{
+	if ! command -v nginx >/dev/null; then
+		[[ $(id -u) -eq 0 ]] || { echo "nginx is needed: run as root or install it" >&2; exit 1; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+	fi
+	HTTP_PORT=$((BENCH_PORT + 1000))
+	mkdir -p "$BENCH_DIR/nginx"
+	cat > "$BENCH_DIR/nginx/nginx.conf" <<CONF
+daemon on;
+worker_processes 1;
+pid $BENCH_DIR/nginx/nginx.pid;
+error_log $BENCH_DIR/nginx/error.log;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	client_body_temp_path $BENCH_DIR/nginx;
+	keepalive_requests 1000000;
+	server { listen 127.0.0.1:$HTTP_PORT; location / { return 204; } }
+}
+CONF
+	nginx -c "$BENCH_DIR/nginx/nginx.conf"
+	trap 'nginx -c "$BENCH_DIR/nginx/nginx.conf" -s stop 2>/dev/null || true; bench_stop' EXIT
+}

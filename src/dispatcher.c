@@ -94,7 +94,6 @@ static int	ready_for_host(const char *host);
 static bool is_ready(int64 id);
 static bool ready_can_start(void);
 static void start_ready(void);
-static SPIPlanPtr keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
 static char *valid_text(const char *s);
 
 /*
@@ -132,14 +131,9 @@ sc_register_dispatcher(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	sc_fill_worker(&worker, "sc_dispatcher_main", "smartconnector dispatcher",
+				   "smartconnector dispatcher");
 	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "smartconnector");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "sc_dispatcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "smartconnector dispatcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "smartconnector dispatcher");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -156,22 +150,6 @@ dispatcher_detach(int code, Datum arg)
 		sc_shared->dispatcher_pid = 0;
 	}
 	SpinLockRelease(&sc_shared->mutex);
-}
-
-static SPIPlanPtr
-keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
 }
 
 static bool
@@ -205,7 +183,7 @@ record_results(List *results)
 
 	if (results == NIL)
 		return;
-	plan = keep_plan(&record_plan,
+	plan = sc_keep_plan(&record_plan,
 					 "SELECT smartconnector.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 					 9, types);
 
@@ -282,7 +260,7 @@ fetch_due(void)
 	ReadyBatch *batch;
 	MemoryContext batch_cxt;
 
-	plan = keep_plan(&due_plan,
+	plan = sc_keep_plan(&due_plan,
 					 "SELECT id, channel, target, target_host, webhook_id, body,"
 					 "       webhook_secret, header_lines, email_subject, execution_id,"
 					 "       next_attempt_at, next_due"
@@ -573,12 +551,7 @@ sc_dispatcher_main(Datum main_arg)
 
 			PG_TRY();
 			{
-				SetCurrentStatementStartTimestamp();
-				StartTransactionCommand();
-				if (SPI_connect() != SPI_OK_CONNECT)
-					elog(ERROR, "SPI_connect failed");
-				PushActiveSnapshot(GetTransactionSnapshot());
-				pgstat_report_activity(STATE_RUNNING, "smartconnector: dispatching");
+				sc_work_begin("smartconnector: dispatching");
 				installed = extension_installed();
 				if (installed)
 				{
@@ -586,10 +559,7 @@ sc_dispatcher_main(Datum main_arg)
 					if (fetch)
 						next_due = fetch_due();
 				}
-				SPI_finish();
-				PopActiveSnapshot();
-				CommitTransactionCommand();
-				pgstat_report_activity(STATE_IDLE, NULL);
+				sc_work_commit();
 				if (fetch)
 					need_fetch = false;
 			}

@@ -116,12 +116,7 @@ admit_next(void)
 	int64		id = 0;
 	int			ret;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "smartconnector: admitting");
+	sc_work_begin("smartconnector: admitting");
 
 	/*
 	 * The admission need not wait for its WAL to reach disk: if a crash
@@ -131,14 +126,8 @@ admit_next(void)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
 
-	if (admit_plan == NULL)
-	{
-		admit_plan = SPI_prepare("SELECT smartconnector.admit_next()", 0, NULL);
-		if (admit_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(admit_plan);
-	}
-	ret = SPI_execute_plan(admit_plan, NULL, NULL, false, 1);
+	ret = SPI_execute_plan(sc_keep_plan(&admit_plan, "SELECT smartconnector.admit_next()", 0, NULL),
+						   NULL, NULL, false, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
@@ -147,11 +136,8 @@ admit_next(void)
 		if (!isnull)
 			id = DatumGetInt64(d);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	sc_work_commit();
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION);
-	pgstat_report_activity(STATE_IDLE, NULL);
 	return id;
 }
 
@@ -331,11 +317,7 @@ run_execution(int64 execution_id)
 	{
 		char	   *result;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
+		sc_work_begin("smartconnector: loading execution");
 
 		if (!load_exec_info(execution_id, &info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
@@ -356,9 +338,7 @@ run_execution(int64 execution_id)
 
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
 		(void) sc_complete_current(NULL, NULL, result);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		sc_work_commit();
 		completed = true;
 	}
 	PG_CATCH();

@@ -65,14 +65,9 @@ sc_register_launcher(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	sc_fill_worker(&worker, "sc_launcher_main", "smartconnector launcher",
+				   "smartconnector launcher");
 	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "smartconnector");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "sc_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "smartconnector launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "smartconnector launcher");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -106,12 +101,7 @@ launcher_pass(int *running, int *admissible)
 	*running = 0;
 	*admissible = 0;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "smartconnector: checking runners");
+	sc_work_begin("smartconnector: checking runners");
 
 	ret = SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'smartconnector'",
 					  true, 1);
@@ -129,10 +119,7 @@ launcher_pass(int *running, int *admissible)
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		*admissible = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	sc_work_commit();
 	return installed;
 }
 
@@ -147,12 +134,7 @@ cleanup_batch(void)
 	int64		deleted = 0;
 	int			ret;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "smartconnector: deleting expired history");
+	sc_work_begin("smartconnector: deleting expired history");
 	ret = SPI_execute("SELECT smartconnector.cleanup(NULL, " CppAsString2(CLEANUP_BATCH) ")", false, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
@@ -162,10 +144,7 @@ cleanup_batch(void)
 		if (!isnull)
 			deleted = DatumGetInt64(d);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	sc_work_commit();
 	return deleted >= CLEANUP_BATCH;
 }
 
@@ -180,14 +159,10 @@ start_executor(int slot)
 	MemoryContext old;
 	bool		registered;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "smartconnector");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "sc_executor_main");
+	sc_fill_worker(&worker, "sc_executor_main", "smartconnector executor",
+				   "smartconnector executor");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "smartconnector executor %d", slot);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "smartconnector executor");
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	worker.bgw_notify_pid = MyProcPid;
 

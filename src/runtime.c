@@ -79,7 +79,6 @@ static CurrentExecution *require_current(const char *caller);
 static void publish_counts(void);
 static void flush_report(void);
 static void flush_hashes(void);
-static SPIPlanPtr prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
 
 /*
  * The id of this session's current execution, or 0.
@@ -356,32 +355,13 @@ begin_execution(PG_FUNCTION_ARGS)
 }
 
 /*
- * Prepare and keep a plan the first time it is needed.
- */
-static SPIPlanPtr
-prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
-/*
  * Write the buffered report rows, FLUSH_BATCH at a time.
  */
 static void
 flush_report(void)
 {
 	Oid			types[5] = {INT8OID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-	SPIPlanPtr	plan = prepare_once(&report_plan,
+	SPIPlanPtr	plan = sc_keep_plan(&report_plan,
 									"INSERT INTO smartconnector.execution_record"
 									" (execution_id, seq, record_key, action, detail)"
 									" SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
@@ -452,7 +432,7 @@ static void
 flush_hashes(void)
 {
 	Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, BYTEAARRAYOID};
-	SPIPlanPtr	plan = prepare_once(&hash_plan,
+	SPIPlanPtr	plan = sc_keep_plan(&hash_plan,
 									"INSERT INTO smartconnector.record_hash AS h"
 									" (connector_id, record_key, hash, execution_id)"
 									" SELECT DISTINCT ON (u.k) $1, u.k, u.h, $2"
@@ -536,7 +516,7 @@ sc_complete_current(const char *error, const char *metadata_json,
 
 	flush_report();
 
-	plan = prepare_once(&complete_plan,
+	plan = sc_keep_plan(&complete_plan,
 						"SELECT smartconnector.complete_execution($1, $2, $3, $4, $5, $6,"
 						" $7::jsonb, $8::jsonb)::text",
 						8, types);

@@ -173,6 +173,15 @@ extern char *sc_webhook_signature(const char *secret, const char *msg_id, int64 
 extern char *sc_email_message(const char *from, const char *to, const char *subject,
 							  const char *body, const char *msg_id, int64 execution_id);
 
+/* worker.c */
+struct BackgroundWorker;
+extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function,
+						   const char *name, const char *type);
+extern void sc_work_begin(const char *activity);
+extern void sc_work_commit(void);
+extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,
+									  Oid *types);
+
 /* executor.c, launcher.c, dispatcher.c (bgworker entry points are exported for the postmaster) */
 extern PGDLLEXPORT void sc_executor_main(Datum arg);
 extern PGDLLEXPORT void sc_launcher_main(Datum arg);
