@@ -57,6 +57,7 @@ typedef struct ExecInfo
 	char	   *api_name;
 	bool		has_handler;
 	bool		is_procedure;
+	Oid			handler;		/* the routine's OID, the key of its kept plan */
 	char	   *call_sql;		/* "SELECT ns.fn($1::jsonb)" or "CALL ..." */
 	Oid			run_as;
 	bool		dry_run;
@@ -69,6 +70,48 @@ typedef struct ExecInfo
 static int	my_slot = -1;
 static MemoryContext executor_cxt = NULL;	/* reset for every execution */
 static SPIPlanPtr admit_plan = NULL;
+static SPIPlanPtr load_plan = NULL;
+
+/* Kept plans of handler calls, by handler OID (an executor serves few handlers) */
+#define MAX_HANDLER_PLANS 64
+typedef struct HandlerPlan
+{
+	Oid			handler;
+	SPIPlanPtr	plan;
+} HandlerPlan;
+static HandlerPlan handler_plans[MAX_HANDLER_PLANS];
+static int	n_handler_plans = 0;
+
+static SPIPlanPtr handler_plan(ExecInfo *info);
+
+/*
+ * The kept plan that calls this handler; prepared on first use.  (The plan
+ * cache replans it if the routine is replaced.)  When the table is full
+ * the call is prepared each time, unkept.
+ */
+static SPIPlanPtr
+handler_plan(ExecInfo *info)
+{
+	Oid			types[1] = {TEXTOID};
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < n_handler_plans; i++)
+	{
+		if (handler_plans[i].handler == info->handler)
+			return handler_plans[i].plan;
+	}
+	plan = SPI_prepare(info->call_sql, 1, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the handler call: %s", SPI_result_code_string(SPI_result));
+	if (n_handler_plans < MAX_HANDLER_PLANS)
+	{
+		SPI_keepplan(plan);
+		handler_plans[n_handler_plans].handler = info->handler;
+		handler_plans[n_handler_plans].plan = plan;
+		n_handler_plans++;
+	}
+	return plan;
+}
 
 static void executor_detach(int code, Datum arg);
 static void hold_cancel(void);
@@ -159,19 +202,20 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	char	   *nspname;
 	char	   *proname;
 
-	ret = SPI_execute_with_args(
+	ret = SPI_execute_plan(sc_keep_plan(&load_plan,
 		"SELECT e.connector_id, c.api_name, c.handler IS NOT NULL, p.prokind = 'p',"
 		"       n.nspname, p.proname, c.run_as::oid, e.dry_run, e.diff_check,"
 		"       e.cancel_requested,"
 		"       smartconnector.handler_problem(c.handler, c.run_as),"
 		"       pg_catalog.jsonb_build_object('execution_id', e.id, 'api_name', c.api_name,"
-		"           'input', e.input, 'diff_check', e.diff_check, 'dry_run', e.dry_run)::text"
+		"           'input', e.input, 'diff_check', e.diff_check, 'dry_run', e.dry_run)::text,"
+		"       c.handler::oid"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
 		"  LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler"
 		"  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE e.id = $1",
-		1, types, args, NULL, true, 1);
+		1, types), args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read execution %lld", (long long) execution_id);
 	if (SPI_processed != 1)
@@ -193,6 +237,9 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	info->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
 	info->problem = SPI_getvalue(tup, desc, 11);
 	info->context_json = SPI_getvalue(tup, desc, 12);
+	info->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 13, &isnull));
+	if (isnull)
+		info->handler = InvalidOid;
 	if (!info->has_handler)
 		info->problem = pstrdup("The connector's handler was removed after the execution was admitted.");
 	else if (nspname != NULL && proname != NULL)
@@ -215,7 +262,6 @@ call_handler(ExecInfo *info)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	Oid			types[1] = {TEXTOID};
 	Datum		args[1];
 	char	   *result = NULL;
 	int			ret;
@@ -241,7 +287,7 @@ call_handler(ExecInfo *info)
 	RESUME_CANCEL_INTERRUPTS();
 	CHECK_FOR_INTERRUPTS();
 
-	ret = SPI_execute_with_args(info->call_sql, 1, types, args, NULL, false, 0);
+	ret = SPI_execute_plan(handler_plan(info), args, NULL, false, 0);
 
 	HOLD_CANCEL_INTERRUPTS();
 	sc_set_phase(SC_PHASE_COMPLETING);
