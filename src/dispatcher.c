@@ -137,19 +137,13 @@ sc_register_dispatcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * before_shmem_exit: close every connection and free curl's handles.
+ */
 static void
 dispatcher_detach(int code, Datum arg)
 {
 	sc_transport_shutdown();
-	if (sc_shared == NULL)
-		return;
-	SpinLockAcquire(&sc_shared->mutex);
-	if (sc_shared->dispatcher_pid == MyProcPid)
-	{
-		sc_shared->dispatcher_latch = NULL;
-		sc_shared->dispatcher_pid = 0;
-	}
-	SpinLockRelease(&sc_shared->mutex);
 }
 
 static bool
@@ -492,11 +486,8 @@ sc_dispatcher_main(Datum main_arg)
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	sc_transport_init();
-	SpinLockAcquire(&sc_shared->mutex);
-	sc_shared->dispatcher_latch = MyLatch;
-	sc_shared->dispatcher_pid = MyProcPid;
-	SpinLockRelease(&sc_shared->mutex);
 	before_shmem_exit(dispatcher_detach, (Datum) 0);
+	sc_publish_latch(&sc_shared->dispatcher);
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector dispatcher pass",
 									 ALLOCSET_DEFAULT_SIZES);

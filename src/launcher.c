@@ -51,7 +51,6 @@
 static BackgroundWorkerHandle **executor_handles = NULL;	/* per slot */
 static bool start_failure_logged = false;
 
-static void launcher_detach(int code, Datum arg);
 static bool cleanup_batch(void);
 static bool launcher_pass(int *running, int *admissible);
 static void manage_executors(int admissible);
@@ -69,23 +68,6 @@ sc_register_launcher(void)
 				   "smartconnector launcher");
 	worker.bgw_restart_time = 1;
 	RegisterBackgroundWorker(&worker);
-}
-
-/*
- * before_shmem_exit: nobody is to set our latch any more.
- */
-static void
-launcher_detach(int code, Datum arg)
-{
-	if (sc_shared == NULL)
-		return;
-	SpinLockAcquire(&sc_shared->mutex);
-	if (sc_shared->launcher_pid == MyProcPid)
-	{
-		sc_shared->launcher_latch = NULL;
-		sc_shared->launcher_pid = 0;
-	}
-	SpinLockRelease(&sc_shared->mutex);
 }
 
 /*
@@ -281,11 +263,7 @@ sc_launcher_main(Datum main_arg)
 	 * Executors started by a previous launcher keep their slots until they
 	 * exit (executor_detach frees them); we only start new ones in free slots.
 	 */
-	SpinLockAcquire(&sc_shared->mutex);
-	sc_shared->launcher_latch = MyLatch;
-	sc_shared->launcher_pid = MyProcPid;
-	SpinLockRelease(&sc_shared->mutex);
-	before_shmem_exit(launcher_detach, (Datum) 0);
+	sc_publish_latch(&sc_shared->launcher);
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector launcher pass",
 									 ALLOCSET_DEFAULT_SIZES);

@@ -110,38 +110,66 @@ sc_shmem_install_hooks(void)
 }
 
 /*
- * Set the launcher's latch, if a launcher runs.  Safe to call anywhere
- * outside a signal handler, including at commit.
+ * before_shmem_exit: nobody is to set this process's latch any more.
+ */
+static void
+unpublish_latch(int code, Datum arg)
+{
+	ScWakeable *w = (ScWakeable *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&sc_shared->mutex);
+	if (w->pid == MyProcPid)
+	{
+		w->latch = NULL;
+		w->pid = 0;
+	}
+	SpinLockRelease(&sc_shared->mutex);
+}
+
+/*
+ * Let others wake this process (the launcher or the dispatcher) until it
+ * exits.
  */
 void
-sc_wake_launcher(void)
+sc_publish_latch(ScWakeable *w)
+{
+	SpinLockAcquire(&sc_shared->mutex);
+	w->latch = MyLatch;
+	w->pid = MyProcPid;
+	SpinLockRelease(&sc_shared->mutex);
+	before_shmem_exit(unpublish_latch, PointerGetDatum(w));
+}
+
+/*
+ * Set the latch of a singleton worker, if it runs.  Safe to call anywhere
+ * outside a signal handler, including at commit.
+ */
+static void
+wake(ScWakeable *w)
 {
 	Latch	   *latch;
 
 	if (sc_shared == NULL)
 		return;
 	SpinLockAcquire(&sc_shared->mutex);
-	latch = sc_shared->launcher_latch;
+	latch = w->latch;
 	SpinLockRelease(&sc_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
 }
 
-/*
- * Set the dispatcher's latch, if a dispatcher runs.
- */
+void
+sc_wake_launcher(void)
+{
+	if (sc_shared != NULL)
+		wake(&sc_shared->launcher);
+}
+
 void
 sc_wake_dispatcher(void)
 {
-	Latch	   *latch;
-
-	if (sc_shared == NULL)
-		return;
-	SpinLockAcquire(&sc_shared->mutex);
-	latch = sc_shared->dispatcher_latch;
-	SpinLockRelease(&sc_shared->mutex);
-	if (latch != NULL)
-		SetLatch(latch);
+	if (sc_shared != NULL)
+		wake(&sc_shared->dispatcher);
 }
 
 /*

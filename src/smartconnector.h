@@ -81,13 +81,18 @@ typedef struct ScExecutorSlot
 	Latch	   *latch;
 } ScExecutorSlot;
 
+/* A singleton worker others wake: its latch, published while it runs */
+typedef struct ScWakeable
+{
+	Latch	   *latch;
+	pid_t		pid;
+} ScWakeable;
+
 typedef struct ScShared
 {
 	slock_t		mutex;
-	Latch	   *launcher_latch;
-	pid_t		launcher_pid;
-	Latch	   *dispatcher_latch;
-	pid_t		dispatcher_pid;
+	ScWakeable	launcher;
+	ScWakeable	dispatcher;
 	int			num_progress_slots;
 	ScProgressSlot *progress;	/* points after executors[] */
 	int			num_executor_slots;
@@ -130,6 +135,7 @@ extern bool sc_loaded_at_startup(void);
 /* shmem.c */
 extern ScShared *sc_shared;
 extern void sc_shmem_install_hooks(void);
+extern void sc_publish_latch(ScWakeable *w);
 extern void sc_wake_launcher(void);
 extern void sc_wake_dispatcher(void);
 extern ScProgressSlot *sc_my_progress_slot(void);
