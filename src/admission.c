@@ -60,6 +60,7 @@ static bool wake_pending = false;
 static bool wake_dispatcher_pending = false;
 static bool callbacks_registered = false;
 
+static void register_callbacks(void);
 static void remember(PendingKind kind, int64 execution_id);
 static void release_session_lock(int64 execution_id);
 static void xact_callback(XactEvent event, void *arg);
@@ -79,6 +80,19 @@ sc_execution_locktag(LOCKTAG *tag, int64 execution_id)
 }
 
 /*
+ * Our transaction callbacks, registered once per process on first use.
+ */
+static void
+register_callbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
+	callbacks_registered = true;
+}
+
+/*
  * Remember an action for the end of the current (sub)transaction.
  */
 static void
@@ -87,12 +101,7 @@ remember(PendingKind kind, int64 execution_id)
 	MemoryContext old;
 	PendingAction *action;
 
-	if (!callbacks_registered)
-	{
-		RegisterXactCallback(xact_callback, NULL);
-		RegisterSubXactCallback(subxact_callback, NULL);
-		callbacks_registered = true;
-	}
+	register_callbacks();
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	action = palloc(sizeof(PendingAction));
 	action->kind = kind;
@@ -148,12 +157,7 @@ sc_release_execution_lock_at_commit(int64 execution_id)
 void
 sc_wake_at_commit(void)
 {
-	if (!callbacks_registered)
-	{
-		RegisterXactCallback(xact_callback, NULL);
-		RegisterSubXactCallback(subxact_callback, NULL);
-		callbacks_registered = true;
-	}
+	register_callbacks();
 	wake_pending = true;
 }
 
@@ -164,7 +168,7 @@ sc_wake_at_commit(void)
 void
 sc_wake_dispatcher_at_commit(void)
 {
-	sc_wake_at_commit();		/* registers the callbacks */
+	register_callbacks();
 	wake_dispatcher_pending = true;
 }
 
