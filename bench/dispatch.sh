@@ -42,7 +42,7 @@ WITH e AS (
 		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
 	  FROM generate_series(1, $n) i
 	RETURNING id)
-SELECT count(smartconnector.queue_deliveries(id)) FROM e;
+SELECT count(smartconnector.execution_ended(id)) FROM e;
 UPDATE smartconnector.delivery SET next_attempt_at = now() + interval '1 day';
 VACUUM ANALYZE smartconnector.delivery;
 SQL

@@ -1092,6 +1092,9 @@ $$;
  * dispatcher, and trigger chained connectors.  The launcher is not woken: an
  * executor that ends an execution admits the next one itself, and an
  * external runner's freed slot is for the next claim().
+ *
+ * One statement builds the event once and queues every delivery: the
+ * webhook, and one email per address for the first reason that applies.
  */
 CREATE FUNCTION smartconnector.execution_ended(execution_id bigint)
 RETURNS void
@@ -1101,20 +1104,51 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	next record;
+	n integer;
 BEGIN
-	IF smartconnector.queue_deliveries(execution_id) > 0 THEN
+	WITH x AS MATERIALIZED (
+		SELECT e.id, e.connector_id, e.state, e.initiated_by,
+			   c.execution_ended_webhook_url AS url,
+			   c.notification_email, c.error_notification_email,
+			   smartconnector.event(e, c) AS body
+		  FROM smartconnector.execution e
+		  JOIN smartconnector.connector c ON c.id = e.connector_id
+		 WHERE e.id = execution_ended.execution_id)
+	INSERT INTO smartconnector.delivery
+		(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)
+	SELECT x.id, x.connector_id, r.channel, r.target, r.target_host, r.reason,
+		   'msg_' || replace(gen_random_uuid()::text, '-', ''), x.body
+	  FROM x
+	 CROSS JOIN LATERAL (
+		SELECT 'webhook', x.url, smartconnector.url_host(x.url), 'webhook'
+		 WHERE x.url IS NOT NULL
+		UNION ALL
+		(SELECT DISTINCT ON (lower(a.address)) 'email', a.address, 'smtp', a.reason
+		   FROM (VALUES (1, x.notification_email, 'notification'),
+						(2, CASE WHEN x.state IN ('failed', 'partial_success')
+								 THEN x.error_notification_email END, 'error_notification'),
+						(3, (SELECT u.email FROM smartconnector.user_email u
+							  WHERE u.role_name = x.initiated_by), 'initiator')
+				) AS a(priority, address, reason)
+		  WHERE a.address IS NOT NULL
+		  ORDER BY lower(a.address), a.priority)
+	 ) AS r(channel, target, target_host, reason);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
 		PERFORM smartconnector.wake_dispatcher_at_commit();
 	END IF;
+
 	/* chained connectors start in this same transaction, with the event as input */
 	FOR next IN
-		SELECT ch.to_connector_id, e.initiated_by
+		SELECT ch.to_connector_id, e.initiated_by, smartconnector.event(e, c) AS event
 		  FROM smartconnector.execution e
+		  JOIN smartconnector.connector c ON c.id = e.connector_id
 		  JOIN smartconnector.chain ch ON ch.from_connector_id = e.connector_id
 		 WHERE e.id = execution_ended.execution_id AND e.state = ANY (ch.on_status)
 		 ORDER BY ch.to_connector_id
 	LOOP
 		PERFORM smartconnector.enqueue(next.to_connector_id,
-			jsonb_build_object('chained_from', smartconnector.execution_metadata(execution_id)),
+			jsonb_build_object('chained_from', next.event),
 			false, false, 'chain', next.initiated_by);
 	END LOOP;
 END
@@ -1133,42 +1167,44 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	e record;
 	final smartconnector.execution_state;
+	cid bigint;
 	extra jsonb := '{}'::jsonb;
 BEGIN
-	SELECT x.state, x.cancel_requested, x.connector_id INTO e
-	  FROM smartconnector.execution x WHERE x.id = complete_execution.execution_id
-	   FOR UPDATE;
-	IF NOT FOUND OR e.state <> 'running' THEN
-		RETURN NULL;
-	END IF;
-	final := CASE WHEN e.cancel_requested THEN 'cancelled'
-				  WHEN error IS NOT NULL THEN 'failed'
-				  WHEN failed > 0 THEN 'partial_success'
-				  ELSE 'success' END;
-	IF metadata IS NOT NULL THEN
-		extra := extra || CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata
-							   ELSE jsonb_build_object('metadata', metadata) END;
+	IF complete_execution.metadata IS NOT NULL THEN
+		extra := extra || CASE WHEN jsonb_typeof(complete_execution.metadata) = 'object'
+							   THEN complete_execution.metadata
+							   ELSE jsonb_build_object('metadata', complete_execution.metadata) END;
 	END IF;
 	IF handler_result IS NOT NULL THEN
 		extra := extra || CASE WHEN jsonb_typeof(handler_result) = 'object' THEN handler_result
 							   ELSE jsonb_build_object('result', handler_result) END;
 	END IF;
+	/*
+	 * Only a running execution ends, once: a concurrent end makes this
+	 * UPDATE find the row no longer running (it rechecks after waiting).
+	 */
 	UPDATE smartconnector.execution x
-	   SET state = final,
+	   SET state = CASE WHEN x.cancel_requested THEN 'cancelled'
+						WHEN complete_execution.error IS NOT NULL THEN 'failed'
+						WHEN complete_execution.failed > 0 THEN 'partial_success'
+						ELSE 'success' END::smartconnector.execution_state,
 		   ended_at = pg_catalog.clock_timestamp(),
 		   records_created = created, records_updated = updated,
-		   records_skipped = skipped, records_failed = failed,
-		   records_total = created + updated + skipped + failed,
-		   error = CASE WHEN final = 'cancelled' THEN NULL ELSE complete_execution.error END,
+		   records_skipped = skipped, records_failed = complete_execution.failed,
+		   records_total = created + updated + skipped + complete_execution.failed,
+		   error = CASE WHEN x.cancel_requested THEN NULL ELSE complete_execution.error END,
 		   metadata = x.metadata || extra
-	 WHERE x.id = complete_execution.execution_id;
+	 WHERE x.id = complete_execution.execution_id AND x.state = 'running'
+	RETURNING x.state, x.connector_id INTO final, cid;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
 
 	IF final = 'failed' THEN
 		PERFORM pg_catalog.set_config('smartconnector.internal_change', 'status', true);
 		UPDATE smartconnector.connector SET status = 'need_attention'
-		 WHERE id = e.connector_id AND status = 'operational';
+		 WHERE id = cid AND status = 'operational';
 		PERFORM pg_catalog.set_config('smartconnector.internal_change', '', true);
 	END IF;
 	PERFORM smartconnector.execution_ended(complete_execution.execution_id);
@@ -1478,36 +1514,51 @@ AS 'MODULE_PATHNAME', 'wake_dispatcher_at_commit';
  * The completion event of an execution: exactly the JSON body the webhook
  * receives.  Metadata larger than 256 kB is replaced by a note, so a
  * handler cannot make every delivery of its connector huge.
+ *
+ * event() builds it from the execution's and the connector's rows.  It is a
+ * single expression, neither SECURITY DEFINER nor with settings of its own,
+ * so the planner inlines it into the statement that ends an execution and
+ * queues its deliveries; it is only ever called from functions that pin
+ * search_path, and only the owner may call it.
  */
+CREATE FUNCTION smartconnector.event(e smartconnector.execution, c smartconnector.connector)
+RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+	SELECT pg_catalog.jsonb_build_object(
+		'type', 'execution.ended',
+		'execution_id', e.id,
+		'status', e.state,
+		'connector', pg_catalog.jsonb_build_object('id', c.id, 'name', c.name, 'api_name', c.api_name),
+		'queued_at', e.queued_at,
+		'started_at', e.started_at,
+		'ended_at', e.ended_at,
+		'duration_ms', pg_catalog.round(extract(epoch FROM e.ended_at - e.started_at) * 1000)::bigint,
+		'initiated_by', e.initiated_by,
+		'trigger_type', e.trigger_type,
+		'diff_check', e.diff_check,
+		'dry_run', e.dry_run,
+		'record_counts', pg_catalog.jsonb_build_object(
+			'created', e.records_created, 'updated', e.records_updated,
+			'skipped', e.records_skipped, 'failed', e.records_failed,
+			'total', e.records_total),
+		'output_report_url', NULLIF(pg_catalog.replace(pg_catalog.replace(
+			pg_catalog.current_setting('smartconnector.report_url_template'),
+			'{execution_id}', e.id::text), '{api_name}', c.api_name), ''),
+		'error', e.error,
+		'metadata', CASE WHEN pg_catalog.octet_length(e.metadata::text) > 262144
+						 THEN pg_catalog.jsonb_build_object('truncated', true,
+							 'size_bytes', pg_catalog.octet_length(e.metadata::text))
+						 ELSE e.metadata END)
+$$;
+
 CREATE FUNCTION smartconnector.execution_metadata(execution_id bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_build_object(
-		'type', 'execution.ended',
-		'execution_id', e.id,
-		'status', e.state,
-		'connector', jsonb_build_object('id', c.id, 'name', c.name, 'api_name', c.api_name),
-		'queued_at', e.queued_at,
-		'started_at', e.started_at,
-		'ended_at', e.ended_at,
-		'duration_ms', round(extract(epoch FROM e.ended_at - e.started_at) * 1000)::bigint,
-		'initiated_by', e.initiated_by,
-		'trigger_type', e.trigger_type,
-		'diff_check', e.diff_check,
-		'dry_run', e.dry_run,
-		'record_counts', jsonb_build_object(
-			'created', e.records_created, 'updated', e.records_updated,
-			'skipped', e.records_skipped, 'failed', e.records_failed,
-			'total', e.records_total),
-		'output_report_url', smartconnector.output_report_url(e.id),
-		'error', e.error,
-		'metadata', CASE WHEN octet_length(e.metadata::text) > 262144
-						 THEN jsonb_build_object('truncated', true,
-												 'size_bytes', octet_length(e.metadata::text))
-						 ELSE e.metadata END)
+	SELECT smartconnector.event(e, c)
 	  FROM smartconnector.execution e
 	  JOIN smartconnector.connector c ON c.id = e.connector_id
 	 WHERE e.id = $1
@@ -1558,54 +1609,6 @@ COMMENT ON COLUMN smartconnector.delivery.last_response IS
 	'First 4 kB of the last response body';
 COMMENT ON COLUMN smartconnector.delivery.latency_ms IS
 	'From the commit of the completion (queueing) to the successful delivery';
-
-/* Queue the webhook and emails of an ended execution (same transaction). */
-CREATE FUNCTION smartconnector.queue_deliveries(execution_id bigint)
-RETURNS integer
-LANGUAGE plpgsql VOLATILE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	e record;
-	body jsonb;
-	n integer := 0;
-	m integer;
-BEGIN
-	SELECT x.state, x.initiated_by, x.connector_id, c.execution_ended_webhook_url AS url,
-		   c.notification_email, c.error_notification_email
-	  INTO e
-	  FROM smartconnector.execution x
-	  JOIN smartconnector.connector c ON c.id = x.connector_id
-	 WHERE x.id = queue_deliveries.execution_id;
-	body := smartconnector.execution_metadata(execution_id);
-
-	IF e.url IS NOT NULL THEN
-		INSERT INTO smartconnector.delivery
-			(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)
-		VALUES (execution_id, e.connector_id, 'webhook', e.url, smartconnector.url_host(e.url), 'webhook',
-				'msg_' || replace(gen_random_uuid()::text, '-', ''), body);
-		n := n + 1;
-	END IF;
-
-	/* one email per address, for the first reason that applies */
-	INSERT INTO smartconnector.delivery
-		(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)
-	SELECT DISTINCT ON (lower(r.address))
-		   execution_id, e.connector_id, 'email', r.address, 'smtp', r.reason,
-		   'msg_' || replace(gen_random_uuid()::text, '-', ''), body
-	  FROM (VALUES (1, e.notification_email, 'notification'),
-				   (2, CASE WHEN e.state IN ('failed', 'partial_success')
-							THEN e.error_notification_email END, 'error_notification'),
-				   (3, (SELECT u.email FROM smartconnector.user_email u
-						 WHERE u.role_name = e.initiated_by), 'initiator')
-		   ) AS r(priority, address, reason)
-	 WHERE r.address IS NOT NULL
-	 ORDER BY lower(r.address), r.priority;
-	GET DIAGNOSTICS m = ROW_COUNT;
-	RETURN n + m;
-END
-$$;
 
 /* Subject and plain-text body of the completion email, from the event. */
 CREATE FUNCTION smartconnector.email_text(payload jsonb, OUT subject text, OUT body text)
