@@ -999,16 +999,17 @@ COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
  * row lock serialises admissions of a connector (and limit changes), so the
  * count of running executions cannot go stale before the admission commits.
  * wait = false skips a connector another session is admitting right now.
+ *
+ * Internal, and only called from functions that are SECURITY DEFINER with
+ * a pinned search_path (claim(), admit_next()), so it runs with theirs and
+ * does not pay for a second switch of user and settings on every admission.
  */
 CREATE FUNCTION smartconnector.admit(connector_id bigint, wait boolean)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	c record;
-	n_running bigint;
 	next_id bigint;
 BEGIN
 	IF wait THEN
@@ -1020,32 +1021,37 @@ BEGIN
 		  FROM smartconnector.connector x WHERE x.id = admit.connector_id
 		   FOR NO KEY UPDATE SKIP LOCKED;
 	END IF;
-	IF NOT FOUND OR c.status NOT IN ('operational', 'need_attention') THEN
-		RETURN NULL;
-	END IF;
-	SELECT count(*) INTO n_running FROM smartconnector.execution e
-	 WHERE e.connector_id = admit.connector_id AND e.state = 'running';
-	IF n_running >= c.max_concurrent_executions THEN
+	IF NOT FOUND OR c.status NOT IN ('operational', 'need_attention')
+	   OR c.max_concurrent_executions <=
+		  (SELECT count(*) FROM smartconnector.execution e
+			WHERE e.connector_id = admit.connector_id AND e.state = 'running') THEN
 		RETURN NULL;
 	END IF;
 	LOOP
-		SELECT q.execution_id INTO next_id FROM smartconnector.queue q
-		 WHERE q.connector_id = admit.connector_id
-		 ORDER BY q.execution_id LIMIT 1
-		   FOR UPDATE;
-		EXIT WHEN FOUND;
-		/* the head was cancelled while we waited for it: look again */
+		/*
+		 * Take the head of the queue and mark it running in one statement.
+		 * Only cancel() removes queue rows without the connector's lock; if
+		 * it took the head while we waited, the DELETE finds nothing and
+		 * we look again.
+		 */
+		WITH head AS (
+			DELETE FROM smartconnector.queue q
+			 WHERE q.connector_id = admit.connector_id
+			   AND q.execution_id = (SELECT min(h.execution_id) FROM smartconnector.queue h
+									  WHERE h.connector_id = admit.connector_id)
+			RETURNING q.execution_id)
+		UPDATE smartconnector.execution x
+		   SET state = 'running', started_at = pg_catalog.clock_timestamp(),
+			   runner_pid = pg_catalog.pg_backend_pid()
+		  FROM head
+		 WHERE x.id = head.execution_id
+		RETURNING x.id INTO next_id;
+		EXIT WHEN next_id IS NOT NULL;
 		IF NOT EXISTS (SELECT 1 FROM smartconnector.queue q
 						WHERE q.connector_id = admit.connector_id) THEN
 			RETURN NULL;
 		END IF;
 	END LOOP;
-	DELETE FROM smartconnector.queue q
-	 WHERE q.connector_id = admit.connector_id AND q.execution_id = next_id;
-	UPDATE smartconnector.execution
-	   SET state = 'running', started_at = pg_catalog.clock_timestamp(),
-		   runner_pid = pg_catalog.pg_backend_pid()
-	 WHERE id = next_id;
 	PERFORM smartconnector.hold_execution_lock(next_id);
 	RETURN next_id;
 END
@@ -1095,12 +1101,12 @@ $$;
  *
  * One statement builds the event once and queues every delivery: the
  * webhook, and one email per address for the first reason that applies.
+ * Internal like admit(): its callers (complete_execution(), cancel()) are
+ * SECURITY DEFINER with a pinned search_path.
  */
 CREATE FUNCTION smartconnector.execution_ended(execution_id bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	next record;
@@ -1246,9 +1252,12 @@ BEGIN
 	  FROM smartconnector.connector c
 	 CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e
 						  WHERE e.connector_id = c.id AND e.state = 'running') run
+	 /* in key order, so that the probe stays on the queue's primary key even
+		when one connector's backlog dominates the statistics */
 	 CROSS JOIN LATERAL (SELECT count(*) AS n
 						   FROM (SELECT 1 FROM smartconnector.queue e
 								  WHERE e.connector_id = c.id
+								  ORDER BY e.execution_id
 								  LIMIT max_workers) s) q
 	 WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention');
 	admissible := LEAST(admissible, max_workers);
@@ -1644,6 +1653,11 @@ $$;
  * previous batch ended instead of rescanning from the head of the index,
  * where the entries of delivered rows accumulate until vacuum.  One extra
  * row, with id NULL, says when the next not-yet-due delivery becomes due.
+ *
+ * The plan is generic and kept for the dispatcher's lifetime, so it must not
+ * depend on the outbox's size when it was made: planned on an empty outbox
+ * it would scan the whole table and sort once the outbox has grown.
+ * Sequential scans are therefore off; every access here is by index.
  */
 CREATE FUNCTION smartconnector.due_deliveries(after_at timestamptz, after_id bigint, max_rows integer)
 RETURNS TABLE (id bigint, channel text, target text, target_host text, webhook_id text,
@@ -1654,6 +1668,7 @@ LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
 	/* a value, not clock_timestamp() in the query: only a value bounds an index scan */
@@ -1698,7 +1713,9 @@ $$;
  * parallel, one element per attempt).  A failed attempt is retried after
  * the next delay of the schedule (delays in ms), or after Retry-After if
  * that is longer; once the schedule is used up, or for a permanent failure
- * (a refused private address), the delivery fails.
+ * (a refused private address), the delivery fails.  As in due_deliveries(),
+ * the kept generic plan goes by index whatever the outbox's size was when it
+ * was made (otherwise a hash join over the whole outbox).
  */
 CREATE FUNCTION smartconnector.record_attempts(ids bigint[], delivered boolean[],
 											   attempted_at timestamptz[], status integer[],
@@ -1710,6 +1727,7 @@ LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
 	UPDATE smartconnector.delivery d
