@@ -12,6 +12,7 @@ OBJS = \
 	src/shmem.o \
 	src/admission.o \
 	src/runtime.o \
+	src/lifecycle.o \
 	src/executor.o \
 	src/launcher.o \
 	src/payload.o \

@@ -1057,108 +1057,34 @@ BEGIN
 END
 $$;
 
-/* For executor workers: the next admissible execution of any connector with a handler. */
+/*
+ * For executor workers: admit the next admissible execution of any
+ * connector with a handler, oldest queued first, as admit() does for one
+ * connector (src/lifecycle.c, with kept plans).
+ */
 CREATE FUNCTION smartconnector.admit_next()
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE
+LANGUAGE C VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	candidate bigint;
-	admitted bigint;
-BEGIN
-	/* one index probe per connector for its queue head, whatever the backlog */
-	FOR candidate IN
-		SELECT c.id
-		  FROM smartconnector.connector c
-		 CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector.queue q
-							  WHERE q.connector_id = c.id
-							  ORDER BY q.execution_id LIMIT 1) head
-		 WHERE c.handler IS NOT NULL
-		   AND c.status IN ('operational', 'need_attention')
-		   AND c.max_concurrent_executions >
-			   (SELECT count(*) FROM smartconnector.execution r
-				 WHERE r.connector_id = c.id AND r.state = 'running')
-		 ORDER BY head.execution_id
-	LOOP
-		/* wait for the connector's row lock: another admission holds it only for a moment */
-		admitted := smartconnector.admit(candidate, true);
-		IF admitted IS NOT NULL THEN
-			RETURN admitted;
-		END IF;
-	END LOOP;
-	RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'admit_next';
 
 /*
  * Everything that follows the end of an execution, in the transaction that
  * ends it (the outbox): queue its webhook and emails and wake the
  * dispatcher, and trigger chained connectors.  The launcher is not woken: an
  * executor that ends an execution admits the next one itself, and an
- * external runner's freed slot is for the next claim().
- *
- * One statement builds the event once and queues every delivery: the
- * webhook, and one email per address for the first reason that applies.
- * Internal like admit(): its callers (complete_execution(), cancel()) are
- * SECURITY DEFINER with a pinned search_path.
+ * external runner's freed slot is for the next claim().  One statement
+ * builds the event once (event() is inlined) and queues every delivery: the
+ * webhook, and one email per address for the first reason that applies
+ * (src/lifecycle.c).
  */
 CREATE FUNCTION smartconnector.execution_ended(execution_id bigint)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-	next record;
-	n integer;
-BEGIN
-	WITH x AS MATERIALIZED (
-		SELECT e.id, e.connector_id, e.state, e.initiated_by,
-			   c.execution_ended_webhook_url AS url,
-			   c.notification_email, c.error_notification_email,
-			   smartconnector.event(e, c) AS body
-		  FROM smartconnector.execution e
-		  JOIN smartconnector.connector c ON c.id = e.connector_id
-		 WHERE e.id = execution_ended.execution_id)
-	INSERT INTO smartconnector.delivery
-		(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)
-	SELECT x.id, x.connector_id, r.channel, r.target, r.target_host, r.reason,
-		   'msg_' || replace(gen_random_uuid()::text, '-', ''), x.body
-	  FROM x
-	 CROSS JOIN LATERAL (
-		SELECT 'webhook', x.url, smartconnector.url_host(x.url), 'webhook'
-		 WHERE x.url IS NOT NULL
-		UNION ALL
-		(SELECT DISTINCT ON (lower(a.address)) 'email', a.address, 'smtp', a.reason
-		   FROM (VALUES (1, x.notification_email, 'notification'),
-						(2, CASE WHEN x.state IN ('failed', 'partial_success')
-								 THEN x.error_notification_email END, 'error_notification'),
-						(3, (SELECT u.email FROM smartconnector.user_email u
-							  WHERE u.role_name = x.initiated_by), 'initiator')
-				) AS a(priority, address, reason)
-		  WHERE a.address IS NOT NULL
-		  ORDER BY lower(a.address), a.priority)
-	 ) AS r(channel, target, target_host, reason);
-	GET DIAGNOSTICS n = ROW_COUNT;
-	IF n > 0 THEN
-		PERFORM smartconnector.wake_dispatcher_at_commit();
-	END IF;
-
-	/* chained connectors start in this same transaction, with the event as input */
-	FOR next IN
-		SELECT ch.to_connector_id, e.initiated_by, smartconnector.event(e, c) AS event
-		  FROM smartconnector.execution e
-		  JOIN smartconnector.connector c ON c.id = e.connector_id
-		  JOIN smartconnector.chain ch ON ch.from_connector_id = e.connector_id
-		 WHERE e.id = execution_ended.execution_id AND e.state = ANY (ch.on_status)
-		 ORDER BY ch.to_connector_id
-	LOOP
-		PERFORM smartconnector.enqueue(next.to_connector_id,
-			jsonb_build_object('chained_from', next.event),
-			false, false, 'chain', next.initiated_by);
-	END LOOP;
-END
-$$;
+LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'execution_ended';
 
 /*
  * End a running execution exactly once.  Returns the end state, or NULL if
@@ -1168,55 +1094,10 @@ CREATE FUNCTION smartconnector.complete_execution(
 	execution_id bigint, created bigint, updated bigint, skipped bigint, failed bigint,
 	error text, metadata jsonb, handler_result jsonb)
 RETURNS smartconnector.execution_state
-LANGUAGE plpgsql VOLATILE
+LANGUAGE C VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	final smartconnector.execution_state;
-	cid bigint;
-	extra jsonb := '{}'::jsonb;
-BEGIN
-	IF complete_execution.metadata IS NOT NULL THEN
-		extra := extra || CASE WHEN jsonb_typeof(complete_execution.metadata) = 'object'
-							   THEN complete_execution.metadata
-							   ELSE jsonb_build_object('metadata', complete_execution.metadata) END;
-	END IF;
-	IF handler_result IS NOT NULL THEN
-		extra := extra || CASE WHEN jsonb_typeof(handler_result) = 'object' THEN handler_result
-							   ELSE jsonb_build_object('result', handler_result) END;
-	END IF;
-	/*
-	 * Only a running execution ends, once: a concurrent end makes this
-	 * UPDATE find the row no longer running (it rechecks after waiting).
-	 */
-	UPDATE smartconnector.execution x
-	   SET state = CASE WHEN x.cancel_requested THEN 'cancelled'
-						WHEN complete_execution.error IS NOT NULL THEN 'failed'
-						WHEN complete_execution.failed > 0 THEN 'partial_success'
-						ELSE 'success' END::smartconnector.execution_state,
-		   ended_at = pg_catalog.clock_timestamp(),
-		   records_created = created, records_updated = updated,
-		   records_skipped = skipped, records_failed = complete_execution.failed,
-		   records_total = created + updated + skipped + complete_execution.failed,
-		   error = CASE WHEN x.cancel_requested THEN NULL ELSE complete_execution.error END,
-		   metadata = x.metadata || extra
-	 WHERE x.id = complete_execution.execution_id AND x.state = 'running'
-	RETURNING x.state, x.connector_id INTO final, cid;
-	IF NOT FOUND THEN
-		RETURN NULL;
-	END IF;
-
-	IF final = 'failed' THEN
-		PERFORM pg_catalog.set_config('smartconnector.internal_change', 'status', true);
-		UPDATE smartconnector.connector SET status = 'need_attention'
-		 WHERE id = cid AND status = 'operational';
-		PERFORM pg_catalog.set_config('smartconnector.internal_change', '', true);
-	END IF;
-	PERFORM smartconnector.execution_ended(complete_execution.execution_id);
-	RETURN final;
-END
-$$;
+AS 'MODULE_PATHNAME', 'complete_execution';
 
 /*
  * One launcher pass: fail running executions whose runner is gone (its lock

@@ -69,7 +69,6 @@ typedef struct ExecInfo
 
 static int	my_slot = -1;
 static MemoryContext executor_cxt = NULL;	/* reset for every execution */
-static SPIPlanPtr admit_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
 
 /* Kept plans of handler calls, by handler OID (an executor serves few handlers) */
@@ -156,8 +155,7 @@ executor_detach(int code, Datum arg)
 static int64
 admit_next(void)
 {
-	int64		id = 0;
-	int			ret;
+	int64		id;
 
 	sc_work_begin("smartconnector: admitting");
 
@@ -169,16 +167,7 @@ admit_next(void)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
 
-	ret = SPI_execute_plan(sc_keep_plan(&admit_plan, "SELECT smartconnector.admit_next()", 0, NULL),
-						   NULL, NULL, false, 1);
-	if (ret == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			id = DatumGetInt64(d);
-	}
+	id = sc_admit_next();
 	sc_work_commit();
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION);
 	return id;

@@ -73,7 +73,6 @@ typedef struct CurrentExecution
 static CurrentExecution *current = NULL;
 static SPIPlanPtr report_plan = NULL;
 static SPIPlanPtr hash_plan = NULL;
-static SPIPlanPtr complete_plan = NULL;
 
 static CurrentExecution *require_current(const char *caller);
 static void publish_counts(void);
@@ -500,13 +499,7 @@ char *
 sc_complete_current(const char *error, const char *metadata_json,
 					const char *handler_result_json)
 {
-	Oid			types[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
-	SPIPlanPtr	plan;
-	Datum		args[8];
-	char		nulls[8] = "        ";
-	char	   *state = NULL;
-	int			ret;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	char	   *state;
 
 	if (current == NULL)
 		elog(ERROR, "no current smartconnector execution to complete");
@@ -516,34 +509,8 @@ sc_complete_current(const char *error, const char *metadata_json,
 
 	flush_report();
 
-	plan = sc_keep_plan(&complete_plan,
-						"SELECT smartconnector.complete_execution($1, $2, $3, $4, $5, $6,"
-						" $7::jsonb, $8::jsonb)::text",
-						8, types);
-	args[0] = Int64GetDatum(current->execution_id);
-	for (int k = 0; k < SC_NUM_ACTIONS; k++)
-		args[1 + k] = Int64GetDatum(current->counts[k]);
-	if (error)
-		args[5] = CStringGetTextDatum(error);
-	else
-		nulls[5] = 'n';
-	if (metadata_json)
-		args[6] = CStringGetTextDatum(metadata_json);
-	else
-		nulls[6] = 'n';
-	if (handler_result_json)
-		args[7] = CStringGetTextDatum(handler_result_json);
-	else
-		nulls[7] = 'n';
-	ret = SPI_execute_plan(plan, args, nulls, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "complete_execution failed: %s", SPI_result_code_string(ret));
-	{
-		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-		if (value != NULL)
-			state = MemoryContextStrdup(caller_cxt, value);
-	}
+	state = sc_end_execution(current->execution_id, current->counts, error,
+							 metadata_json, handler_result_json, NULL);
 
 	if (state != NULL && strcmp(state, "success") == 0 && !current->dry_run)
 		flush_hashes();

@@ -1,0 +1,545 @@
+/*-------------------------------------------------------------------------
+ *
+ * lifecycle.c
+ *		The two hot steps of every execution, in C with kept plans:
+ *		admission of the next queued execution, and its end (the end state,
+ *		the outbox and chaining).
+ *
+ * Both were PL/pgSQL.  In an executor every execution is two short
+ * transactions, and PL/pgSQL re-initialises each simple expression and
+ * revalidates each plan in every new transaction, and switched user and
+ * settings again for each nested SECURITY DEFINER call: a third of an
+ * executor's time went to that glue rather than to the statements.  Here
+ * each statement is prepared once per backend and run with SPI.
+ *
+ * The statements are the same as before and keep their semantics:
+ *  - Admission locks the connector row (FOR NO KEY UPDATE), then counts the
+ *    running executions in a new statement, hence with a snapshot taken
+ *    after the lock: an admission that held the lock before us has
+ *    committed by then and is counted.  Limit and status changes take the
+ *    same row lock.
+ *  - The end is one UPDATE that only finds the execution while it is
+ *    running, so it ends once even when a cancel or the launcher races it.
+ *
+ * Every statement runs with search_path pinned to pg_catalog, pg_temp (the
+ * SQL-callable entry points are SECURITY DEFINER with that setting; the
+ * executor pins it around each call), so a caller's search_path can neither
+ * change what they resolve to nor force a re-plan.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/formatting.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "smartconnector.h"
+
+PG_FUNCTION_INFO_V1(admit_next);
+PG_FUNCTION_INFO_V1(complete_execution);
+PG_FUNCTION_INFO_V1(execution_ended);
+
+/* Candidates at most per admission attempt (oldest queue heads first) */
+#define MAX_CANDIDATES 256
+
+static SPIPlanPtr candidates_plan = NULL;
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr count_plan = NULL;
+static SPIPlanPtr take_plan = NULL;
+static SPIPlanPtr queued_plan = NULL;
+static SPIPlanPtr end_plan = NULL;
+static SPIPlanPtr recipients_plan = NULL;
+static SPIPlanPtr delivery_plan = NULL;
+static SPIPlanPtr chains_plan = NULL;
+static SPIPlanPtr enqueue_plan = NULL;
+
+static int64 admit_connector(int64 connector_id);
+static void queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
+						   const char *target, const char *target_host, const char *reason,
+						   Datum body);
+static void queue_followers(int64 execution_id);
+static void spi_connect(void);
+
+/*
+ * Pin search_path for the statements here; returns the GUC nest level to
+ * restore with sc_unpin_search_path().  (An abort restores it by itself.)
+ */
+int
+sc_pin_search_path(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	return nest;
+}
+
+void
+sc_unpin_search_path(int nest)
+{
+	AtEOXact_GUC(true, nest);
+}
+
+static void
+spi_connect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+/*
+ * Admit the oldest queued execution of one connector if its status and
+ * limit allow; returns its id or 0.  Waits for the connector's row lock:
+ * another admission holds it only until its short transaction commits.
+ */
+static int64
+admit_connector(int64 connector_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(connector_id)};
+	bool		isnull;
+	int64		limit;
+	int64		running;
+	int			ret;
+
+	ret = SPI_execute_plan(sc_keep_plan(&lock_plan,
+		"SELECT x.max_concurrent_executions::bigint"
+		"  FROM smartconnector.connector x"
+		" WHERE x.id = $1 AND x.status IN ('operational', 'need_attention')"
+		"   FOR NO KEY UPDATE",
+		1, types), args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not lock connector %lld", (long long) connector_id);
+	if (SPI_processed == 0)
+		return 0;				/* gone, or may not execute now */
+	limit = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* a new statement, so a new snapshot: it sees every admission before our lock */
+	ret = SPI_execute_plan(sc_keep_plan(&count_plan,
+		"SELECT count(*) FROM smartconnector.execution e"
+		" WHERE e.connector_id = $1 AND e.state = 'running'",
+		1, types), args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not count running executions of connector %lld",
+			 (long long) connector_id);
+	running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (running >= limit)
+		return 0;
+
+	for (;;)
+	{
+		/*
+		 * Take the head of the queue and mark it running in one statement.
+		 * Only cancel() removes queue rows without the connector's lock; if
+		 * it took the head while we waited, this finds nothing and we look
+		 * again.
+		 */
+		ret = SPI_execute_plan(sc_keep_plan(&take_plan,
+			"WITH head AS ("
+			"  DELETE FROM smartconnector.queue q"
+			"   WHERE q.connector_id = $1"
+			"     AND q.execution_id = (SELECT min(h.execution_id) FROM smartconnector.queue h"
+			"                            WHERE h.connector_id = $1)"
+			"  RETURNING q.execution_id)"
+			" UPDATE smartconnector.execution x"
+			"    SET state = 'running', started_at = pg_catalog.clock_timestamp(),"
+			"        runner_pid = pg_catalog.pg_backend_pid()"
+			"   FROM head"
+			"  WHERE x.id = head.execution_id"
+			" RETURNING x.id",
+			1, types), args, NULL, false, 1);
+		if (ret != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not admit an execution of connector %lld",
+				 (long long) connector_id);
+		if (SPI_processed == 1)
+		{
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+
+			sc_hold_execution_lock(id);
+			return id;
+		}
+		ret = SPI_execute_plan(sc_keep_plan(&queued_plan,
+			"SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = $1 LIMIT 1",
+			1, types), args, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read the queue of connector %lld", (long long) connector_id);
+		if (SPI_processed == 0)
+			return 0;
+	}
+}
+
+/*
+ * Admit the next admissible execution of any connector with a handler,
+ * the oldest queued first: mark it running and take its session lock.
+ * Returns its id, or 0 when nothing may start now.  Runs in the caller's
+ * transaction.
+ */
+int64
+sc_admit_next(void)
+{
+	int64		candidates[MAX_CANDIDATES];
+	int			n;
+	int64		admitted = 0;
+	int			nest = sc_pin_search_path();
+
+	spi_connect();
+
+	/* one index probe per connector for its queue head, whatever the backlog */
+	if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
+		"SELECT c.id"
+		"  FROM smartconnector.connector c"
+		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector.queue q"
+		"                      WHERE q.connector_id = c.id"
+		"                      ORDER BY q.execution_id LIMIT 1) head"
+		" WHERE c.handler IS NOT NULL"
+		"   AND c.status IN ('operational', 'need_attention')"
+		"   AND c.max_concurrent_executions >"
+		"       (SELECT count(*) FROM smartconnector.execution r"
+		"         WHERE r.connector_id = c.id AND r.state = 'running')"
+		" ORDER BY head.execution_id",
+		0, NULL), NULL, NULL, false, MAX_CANDIDATES) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for admissible executions");
+	n = (int) SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		candidates[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	for (int i = 0; i < n && admitted == 0; i++)
+		admitted = admit_connector(candidates[i]);
+
+	SPI_finish();
+	sc_unpin_search_path(nest);
+	return admitted;
+}
+
+/*
+ * Queue one delivery of an execution's event, with a new Standard Webhooks
+ * message id (also the email's Message-ID).
+ */
+static void
+queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
+			   const char *target, const char *target_host, const char *reason,
+			   Datum body)
+{
+	Oid			types[7] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+	Datum		args[7];
+
+	args[0] = Int64GetDatum(execution_id);
+	args[1] = connector_id;
+	args[2] = CStringGetTextDatum(channel);
+	args[3] = CStringGetTextDatum(target);
+	args[4] = CStringGetTextDatum(target_host);
+	args[5] = CStringGetTextDatum(reason);
+	args[6] = body;
+	if (SPI_execute_plan(sc_keep_plan(&delivery_plan,
+		"INSERT INTO smartconnector.delivery"
+		"  (execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)"
+		" VALUES ($1, $2, $3, $4, $5, $6, 'msg_' || replace(gen_random_uuid()::text, '-', ''), $7)",
+		7, types), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not queue a delivery of execution %lld", (long long) execution_id);
+}
+
+/*
+ * Queue the webhook and emails of an ended execution and trigger the
+ * connectors chained to it, in the caller's transaction; wake the
+ * dispatcher at commit if anything was queued.  Expects SPI to be
+ * connected and search_path to be pinned.
+ */
+static void
+queue_followers(int64 execution_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(execution_id)};
+	int			ret;
+	uint64		n;
+
+	/*
+	 * One read gives the event (built once: event() is inlined) and every
+	 * possible recipient; each delivery is then a plain one-row INSERT.
+	 * (A single INSERT ... SELECT with a lateral union of recipients did
+	 * the same, but setting up its plan cost more than running it.)
+	 */
+	ret = SPI_execute_plan(sc_keep_plan(&recipients_plan,
+		"SELECT e.connector_id, c.execution_ended_webhook_url,"
+		"       smartconnector.url_host(c.execution_ended_webhook_url),"
+		"       c.notification_email,"
+		"       CASE WHEN e.state IN ('failed', 'partial_success')"
+		"            THEN c.error_notification_email END,"
+		"       (SELECT u.email FROM smartconnector.user_email u"
+		"         WHERE u.role_name = e.initiated_by),"
+		"       smartconnector.event(e, c)"
+		"  FROM smartconnector.execution e"
+		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
+		" WHERE e.id = $1",
+		1, types), args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read the recipients of execution %lld", (long long) execution_id);
+	if (SPI_processed == 1)
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		HeapTuple	tup = tt->vals[0];
+		bool		isnull;
+		Datum		connector_id = SPI_getbinval(tup, tt->tupdesc, 1, &isnull);
+		Datum		body = SPI_getbinval(tup, tt->tupdesc, 7, &isnull);
+		/* emails in order of reason; an address gets the first that applies */
+		static const char *const reasons[3] = {"notification", "error_notification", "initiator"};
+		char	   *emails[3];
+		char	   *folded[3];
+		int			queued = 0;
+
+		if (!isnull)
+		{
+			char	   *url = SPI_getvalue(tup, tt->tupdesc, 2);
+
+			if (url != NULL)
+			{
+				queue_delivery(execution_id, connector_id, "webhook", url,
+							   SPI_getvalue(tup, tt->tupdesc, 3), "webhook", body);
+				queued++;
+			}
+			for (int k = 0; k < 3; k++)
+			{
+				emails[k] = SPI_getvalue(tup, tt->tupdesc, 4 + k);
+				folded[k] = emails[k] ? str_tolower(emails[k], strlen(emails[k]),
+													DEFAULT_COLLATION_OID) : NULL;
+			}
+			for (int k = 0; k < 3; k++)
+			{
+				bool		seen = false;
+
+				if (emails[k] == NULL)
+					continue;
+				for (int j = 0; j < k && !seen; j++)
+					seen = folded[j] != NULL && strcmp(folded[j], folded[k]) == 0;
+				if (seen)
+					continue;
+				queue_delivery(execution_id, connector_id, "email", emails[k], "smtp",
+							   reasons[k], body);
+				queued++;
+			}
+		}
+		SPI_freetuptable(tt);
+		if (queued > 0)
+			sc_wake_dispatcher_at_commit();
+	}
+
+	/* chained connectors start in this same transaction, with the event as input */
+	ret = SPI_execute_plan(sc_keep_plan(&chains_plan,
+		"SELECT ch.to_connector_id,"
+		"       pg_catalog.jsonb_build_object('chained_from', smartconnector.event(e, c)),"
+		"       e.initiated_by"
+		"  FROM smartconnector.execution e"
+		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
+		"  JOIN smartconnector.chain ch ON ch.from_connector_id = e.connector_id"
+		" WHERE e.id = $1 AND e.state = ANY (ch.on_status)"
+		" ORDER BY ch.to_connector_id",
+		1, types), args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read the chains of execution %lld", (long long) execution_id);
+	n = SPI_processed;
+	if (n > 0)
+	{
+		SPITupleTable *chains = SPI_tuptable;
+		Oid			enqueue_types[3] = {INT8OID, JSONBOID, NAMEOID};
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			Datum		eargs[3];
+			bool		isnull;
+
+			for (int k = 0; k < 3; k++)
+				eargs[k] = SPI_getbinval(chains->vals[i], chains->tupdesc, k + 1, &isnull);
+			ret = SPI_execute_plan(sc_keep_plan(&enqueue_plan,
+				"SELECT smartconnector.enqueue($1, $2, false, false, 'chain', $3)",
+				3, enqueue_types), eargs, NULL, false, 1);
+			if (ret != SPI_OK_SELECT)
+				elog(ERROR, "could not trigger a chained connector");
+		}
+		SPI_freetuptable(chains);
+	}
+}
+
+/*
+ * End a running execution exactly once, in the caller's transaction: its
+ * end state, counts, error and metadata; an operational connector whose
+ * execution failed needs attention; then its deliveries and chained
+ * connectors.  Returns the end state's label (palloc'd in the caller's
+ * context) and, if state_oid is not NULL, its enum value; or NULL if it was
+ * not running (someone else ended it first).
+ */
+char *
+sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
+				 const char *metadata_json, const char *handler_result_json,
+				 Oid *state_oid)
+{
+	Oid			types[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, JSONBOID, JSONBOID};
+	Datum		args[8];
+	char		nulls[8] = "        ";
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	char	   *state = NULL;
+	int			nest = sc_pin_search_path();
+	int			ret;
+
+	spi_connect();
+
+	args[0] = Int64GetDatum(execution_id);
+	for (int k = 0; k < SC_NUM_ACTIONS; k++)
+		args[1 + k] = Int64GetDatum(counts[k]);
+	if (error)
+		args[5] = CStringGetTextDatum(error);
+	else
+		nulls[5] = 'n';
+	if (metadata_json)
+		args[6] = DirectFunctionCall1(jsonb_in, CStringGetDatum(metadata_json));
+	else
+		nulls[6] = 'n';
+	if (handler_result_json)
+		args[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(handler_result_json));
+	else
+		nulls[7] = 'n';
+
+	/*
+	 * Only a running execution ends, once: a concurrent end makes this
+	 * UPDATE find the row no longer running (it rechecks after waiting).
+	 * Metadata and a handler's result that are not objects are wrapped.
+	 */
+	ret = SPI_execute_plan(sc_keep_plan(&end_plan,
+		"UPDATE smartconnector.execution x"
+		"   SET state = CASE WHEN x.cancel_requested THEN 'cancelled'"
+		"                    WHEN $6 IS NOT NULL THEN 'failed'"
+		"                    WHEN $5 > 0 THEN 'partial_success'"
+		"                    ELSE 'success' END::smartconnector.execution_state,"
+		"       ended_at = pg_catalog.clock_timestamp(),"
+		"       records_created = $2, records_updated = $3,"
+		"       records_skipped = $4, records_failed = $5,"
+		"       records_total = $2 + $3 + $4 + $5,"
+		"       error = CASE WHEN x.cancel_requested THEN NULL ELSE $6 END,"
+		"       metadata = x.metadata"
+		"           || CASE WHEN $7 IS NULL THEN '{}'::jsonb"
+		"                   WHEN jsonb_typeof($7) = 'object' THEN $7"
+		"                   ELSE jsonb_build_object('metadata', $7) END"
+		"           || CASE WHEN $8 IS NULL THEN '{}'::jsonb"
+		"                   WHEN jsonb_typeof($8) = 'object' THEN $8"
+		"                   ELSE jsonb_build_object('result', $8) END"
+		" WHERE x.id = $1 AND x.state = 'running'"
+		" RETURNING x.state::text, x.connector_id, x.state",
+		8, types), args, nulls, false, 1);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not end execution %lld", (long long) execution_id);
+
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		int64		connector_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															   SPI_tuptable->tupdesc, 2, &isnull));
+
+		state = MemoryContextStrdup(caller_cxt, SPI_getvalue(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 1));
+		if (state_oid)
+			*state_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 3, &isnull));
+		if (strcmp(state, "failed") == 0)
+		{
+			Oid			t[1] = {INT8OID};
+			Datum		a[1] = {Int64GetDatum(connector_id)};
+
+			/*
+			 * Rare, so prepared each time.  need_attention is a status only
+			 * the system sets: the settings trigger lets it through when
+			 * internal_change says so (transaction-locally).
+			 */
+			(void) set_config_option("smartconnector.internal_change", "status",
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+									 true, 0, false);
+			ret = SPI_execute_with_args("UPDATE smartconnector.connector SET status = 'need_attention'"
+										" WHERE id = $1 AND status = 'operational'",
+										1, t, a, NULL, false, 0);
+			if (ret != SPI_OK_UPDATE)
+				elog(ERROR, "could not mark connector %lld as needing attention",
+					 (long long) connector_id);
+			(void) set_config_option("smartconnector.internal_change", "",
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+									 true, 0, false);
+		}
+		queue_followers(execution_id);
+	}
+
+	SPI_finish();
+	sc_unpin_search_path(nest);
+	return state;
+}
+
+/*
+ * admit_next() returns bigint: for executor workers (and tests): admit the
+ * next admissible execution of a connector with a handler, or NULL.
+ */
+Datum
+admit_next(PG_FUNCTION_ARGS)
+{
+	int64		id = sc_admit_next();
+
+	if (id == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * complete_execution(execution_id, created, updated, skipped, failed,
+ * error, metadata, handler_result) returns execution_state: see
+ * sc_end_execution().
+ */
+Datum
+complete_execution(PG_FUNCTION_ARGS)
+{
+	int64		counts[SC_NUM_ACTIONS];
+	char	   *error = NULL;
+	char	   *metadata = NULL;
+	char	   *result = NULL;
+	Oid			state;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	for (int k = 0; k < SC_NUM_ACTIONS; k++)
+		counts[k] = PG_ARGISNULL(1 + k) ? 0 : PG_GETARG_INT64(1 + k);
+	if (!PG_ARGISNULL(5))
+		error = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	if (!PG_ARGISNULL(6))
+		metadata = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(6)));
+	if (!PG_ARGISNULL(7))
+		result = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(7)));
+
+	if (sc_end_execution(PG_GETARG_INT64(0), counts, error, metadata, result, &state) == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_OID(state);
+}
+
+/*
+ * execution_ended(execution_id bigint) returns void: queue the deliveries
+ * and chained executions of an execution that has just ended (cancel() of
+ * a queued execution).
+ */
+Datum
+execution_ended(PG_FUNCTION_ARGS)
+{
+	int			nest = sc_pin_search_path();
+
+	spi_connect();
+	queue_followers(PG_GETARG_INT64(0));
+	SPI_finish();
+	sc_unpin_search_path(nest);
+	PG_RETURN_VOID();
+}
