@@ -995,67 +995,17 @@ COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
 
 /*
  * Admit the oldest queued execution of one connector if its status and
- * limit allow: mark it running and take its session lock.  The connector
- * row lock serialises admissions of a connector (and limit changes), so the
- * count of running executions cannot go stale before the admission commits.
- * wait = false skips a connector another session is admitting right now.
- *
- * Internal, and only called from functions that are SECURITY DEFINER with
- * a pinned search_path (claim(), admit_next()), so it runs with theirs and
- * does not pay for a second switch of user and settings on every admission.
+ * limit allow: mark it running and take its session lock; NULL if nothing
+ * may start.  The connector row lock serialises admissions of a connector
+ * (and limit changes), so the count of running executions cannot go stale
+ * before the admission commits (src/lifecycle.c).
  */
-CREATE FUNCTION smartconnector.admit(connector_id bigint, wait boolean)
+CREATE FUNCTION smartconnector.admit(connector_id bigint)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-	c record;
-	next_id bigint;
-BEGIN
-	IF wait THEN
-		SELECT x.status, x.max_concurrent_executions INTO c
-		  FROM smartconnector.connector x WHERE x.id = admit.connector_id
-		   FOR NO KEY UPDATE;
-	ELSE
-		SELECT x.status, x.max_concurrent_executions INTO c
-		  FROM smartconnector.connector x WHERE x.id = admit.connector_id
-		   FOR NO KEY UPDATE SKIP LOCKED;
-	END IF;
-	IF NOT FOUND OR c.status NOT IN ('operational', 'need_attention')
-	   OR c.max_concurrent_executions <=
-		  (SELECT count(*) FROM smartconnector.execution e
-			WHERE e.connector_id = admit.connector_id AND e.state = 'running') THEN
-		RETURN NULL;
-	END IF;
-	LOOP
-		/*
-		 * Take the head of the queue and mark it running in one statement.
-		 * Only cancel() removes queue rows without the connector's lock; if
-		 * it took the head while we waited, the DELETE finds nothing and
-		 * we look again.
-		 */
-		WITH head AS (
-			DELETE FROM smartconnector.queue q
-			 WHERE q.connector_id = admit.connector_id
-			   AND q.execution_id = (SELECT min(h.execution_id) FROM smartconnector.queue h
-									  WHERE h.connector_id = admit.connector_id)
-			RETURNING q.execution_id)
-		UPDATE smartconnector.execution x
-		   SET state = 'running', started_at = pg_catalog.clock_timestamp(),
-			   runner_pid = pg_catalog.pg_backend_pid()
-		  FROM head
-		 WHERE x.id = head.execution_id
-		RETURNING x.id INTO next_id;
-		EXIT WHEN next_id IS NOT NULL;
-		IF NOT EXISTS (SELECT 1 FROM smartconnector.queue q
-						WHERE q.connector_id = admit.connector_id) THEN
-			RETURN NULL;
-		END IF;
-	END LOOP;
-	PERFORM smartconnector.hold_execution_lock(next_id);
-	RETURN next_id;
-END
-$$;
+LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'admit';
 
 /*
  * For executor workers: admit the next admissible execution of any
@@ -1180,7 +1130,7 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = format('Call smartconnector.finish(%s) first.', mine);
 	END IF;
-	admitted := smartconnector.admit(cid, true);
+	admitted := smartconnector.admit(cid);
 	IF admitted IS NOT NULL THEN
 		PERFORM smartconnector.begin_execution(admitted, cid, e.diff_check, e.dry_run)
 		   FROM smartconnector.execution e WHERE e.id = admitted;
