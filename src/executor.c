@@ -190,6 +190,7 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	MemoryContext old;
 	char	   *nspname;
 	char	   *proname;
+	int			nest = sc_pin_settings();
 
 	ret = SPI_execute_plan(sc_keep_plan(&load_plan,
 		"SELECT e.connector_id, c.api_name, c.handler IS NOT NULL, p.prokind = 'p',"
@@ -205,6 +206,7 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 		"  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE e.id = $1",
 		1, types), args, NULL, true, 1);
+	sc_unpin_settings(nest);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read execution %lld", (long long) execution_id);
 	if (SPI_processed != 1)

@@ -22,9 +22,9 @@
  *    running, so it ends once even when a cancel or the launcher races it.
  *
  * Every statement runs with search_path pinned to pg_catalog, pg_temp (the
- * SQL-callable entry points are SECURITY DEFINER with that setting; the
- * executor pins it around each call), so a caller's search_path can neither
- * change what they resolve to nor force a re-plan.
+ * SQL-callable entry points are SECURITY DEFINER with that setting), so a
+ * caller's search_path can neither change what they resolve to nor force a
+ * re-plan, and with plans restricted to index lookups (sc_pin_settings()).
  *
  *-------------------------------------------------------------------------
  */
@@ -84,22 +84,37 @@ static void queue_followers(int64 execution_id);
 static void spi_connect(void);
 
 /*
- * Pin search_path for the statements here; returns the GUC nest level to
- * restore with sc_unpin_search_path().  (An abort restores it by itself.)
+ * Pin the settings our statements are planned and run with; returns the
+ * GUC nest level to restore with sc_unpin_settings().  (An abort restores
+ * them by itself.)
+ *
+ * search_path, so that a caller's cannot change what names resolve to.
+ * Joins by nested loop: every join here pairs a few rows by key, and its
+ * plan is kept for the life of the backend; generic plans made without
+ * that walked every connector in a merge join (and probed pg_proc for
+ * each) to end one execution.  And no JIT: these statements run in well
+ * under a millisecond, and compiling them would take several.
  */
 int
-sc_pin_search_path(void)
+sc_pin_settings(void)
 {
+	static const char *const pinned[][2] = {
+		{"search_path", "pg_catalog, pg_temp"},
+		{"enable_hashjoin", "off"},
+		{"enable_mergejoin", "off"},
+		{"jit", "off"},
+	};
 	int			nest = NewGUCNestLevel();
 
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
+	for (size_t i = 0; i < lengthof(pinned); i++)
+		(void) set_config_option(pinned[i][0], pinned[i][1],
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
 	return nest;
 }
 
 void
-sc_unpin_search_path(int nest)
+sc_unpin_settings(int nest)
 {
 	AtEOXact_GUC(true, nest);
 }
@@ -307,7 +322,7 @@ int64
 sc_admit_next(void)
 {
 	int64		admitted = 0;
-	int			nest = sc_pin_search_path();
+	int			nest = sc_pin_settings();
 	bool		fresh = false;
 
 	spi_connect();
@@ -327,7 +342,7 @@ sc_admit_next(void)
 	}
 
 	SPI_finish();
-	sc_unpin_search_path(nest);
+	sc_unpin_settings(nest);
 	return admitted;
 }
 
@@ -496,7 +511,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 	char		nulls[8] = "        ";
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *state = NULL;
-	int			nest = sc_pin_search_path();
+	int			nest = sc_pin_settings();
 	int			ret;
 
 	spi_connect();
@@ -584,7 +599,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 	}
 
 	SPI_finish();
-	sc_unpin_search_path(nest);
+	sc_unpin_settings(nest);
 	return state;
 }
 
@@ -595,14 +610,14 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 Datum
 admit(PG_FUNCTION_ARGS)
 {
-	int			nest = sc_pin_search_path();
+	int			nest = sc_pin_settings();
 	int64		id;
 	int64		next_head;
 
 	spi_connect();
 	id = admit_connector(PG_GETARG_INT64(0), &next_head);
 	SPI_finish();
-	sc_unpin_search_path(nest);
+	sc_unpin_settings(nest);
 	if (id == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(id);
@@ -660,11 +675,11 @@ complete_execution(PG_FUNCTION_ARGS)
 Datum
 execution_ended(PG_FUNCTION_ARGS)
 {
-	int			nest = sc_pin_search_path();
+	int			nest = sc_pin_settings();
 
 	spi_connect();
 	queue_followers(PG_GETARG_INT64(0));
 	SPI_finish();
-	sc_unpin_search_path(nest);
+	sc_unpin_settings(nest);
 	PG_RETURN_VOID();
 }

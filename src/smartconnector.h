@@ -151,8 +151,8 @@ extern void sc_clear_current_at_commit(void);
 extern void sc_forget_current_on_abort(void);
 
 /* lifecycle.c: admission and end of executions, with kept plans */
-extern int	sc_pin_search_path(void);
-extern void sc_unpin_search_path(int nest);
+extern int	sc_pin_settings(void);
+extern void sc_unpin_settings(int nest);
 extern int64 sc_admit_next(void);
 extern char *sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 							  const char *metadata_json, const char *handler_result_json,
