@@ -85,9 +85,7 @@ launcher_pass(int *running, int *admissible)
 
 	sc_work_begin("smartconnector: checking runners");
 
-	ret = SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'smartconnector'",
-					  true, 1);
-	installed = (ret == SPI_OK_SELECT && SPI_processed == 1);
+	installed = sc_extension_installed();
 	if (installed)
 	{
 		Oid			types[1] = {INT4OID};

@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -60,6 +61,17 @@ sc_work_commit(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Whether the extension is installed in this database (a worker starts
+ * before CREATE EXTENSION and keeps running after DROP EXTENSION).  Inside
+ * a transaction.
+ */
+bool
+sc_extension_installed(void)
+{
+	return OidIsValid(get_extension_oid("smartconnector", true));
 }
 
 /*
