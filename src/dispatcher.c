@@ -57,6 +57,13 @@
 /* Record finished attempts in groups of this many, or after this long */
 #define RECORD_GROUP			64
 #define RECORD_DELAY_MS			5
+/*
+ * Fetch at most once per this long: under a stream of completions every
+ * commit wakes the dispatcher, and a turn per delivery cost more in
+ * statement setup than the deliveries themselves.  An idle dispatcher
+ * fetches at once.
+ */
+#define FETCH_INTERVAL_MS		1
 
 /* The memory of one fetched batch, freed when its last request has started */
 typedef struct ReadyBatch
@@ -516,6 +523,7 @@ sc_dispatcher_main(Datum main_arg)
 	volatile TimestampTz next_due = 0;
 	List	   *volatile unrecorded = NIL;	/* finished, not yet recorded */
 	volatile TimestampTz first_unrecorded = 0;
+	volatile TimestampTz last_fetch = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -561,6 +569,7 @@ sc_dispatcher_main(Datum main_arg)
 		long		timeout = DISPATCHER_MAX_NAP_MS;
 		TimestampTz now;
 		bool		record_now;
+		bool		fetch_allowed;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -593,13 +602,16 @@ sc_dispatcher_main(Datum main_arg)
 		/* nothing ready can start: fetch more, unless the last look found nothing */
 		if (!ready_can_start() && !last_fetch_empty)
 			need_fetch = true;
+		fetch_allowed = now >= TimestampTzPlusMilliseconds(last_fetch, FETCH_INTERVAL_MS);
+		/* results ride along with the next fetch, or wait a few ms for company */
 		record_now = unrecorded != NIL &&
-			(list_length(unrecorded) >= RECORD_GROUP || sc_transport_in_flight() == 0 ||
+			(list_length(unrecorded) >= RECORD_GROUP ||
+			 (need_fetch && fetch_allowed && !ready_can_start()) ||
 			 now >= TimestampTzPlusMilliseconds(first_unrecorded, RECORD_DELAY_MS));
 
-		if (record_now || (need_fetch && !ready_can_start()))
+		if (record_now || (need_fetch && fetch_allowed && !ready_can_start()))
 		{
-			bool		fetch = need_fetch && !ready_can_start();
+			bool		fetch = need_fetch && fetch_allowed && !ready_can_start();
 
 			PG_TRY();
 			{
@@ -609,7 +621,10 @@ sc_dispatcher_main(Datum main_arg)
 				{
 					record_results(unrecorded);
 					if (fetch)
+					{
 						next_due = fetch_due();
+						last_fetch = GetCurrentTimestamp();
+					}
 				}
 				sc_work_commit();
 				if (fetch)
@@ -663,7 +678,7 @@ sc_dispatcher_main(Datum main_arg)
 			if (unrecorded != NIL)
 				timeout = Min(timeout, RECORD_DELAY_MS);
 			if (need_fetch && !ready_can_start())
-				timeout = 0;
+				timeout = fetch_allowed ? 0 : FETCH_INTERVAL_MS;
 		}
 
 		if (sc_transport_wait(timeout))

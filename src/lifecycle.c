@@ -386,6 +386,7 @@ queue_followers(int64 execution_id)
 	Datum		args[1] = {Int64GetDatum(execution_id)};
 	int			ret;
 	uint64		n;
+	bool		chained = false;
 
 	/*
 	 * One read gives the event (built once: event() is inlined) and every
@@ -401,7 +402,9 @@ queue_followers(int64 execution_id)
 		"            THEN c.error_notification_email END,"
 		"       (SELECT u.email FROM smartconnector.user_email u"
 		"         WHERE u.role_name = e.initiated_by),"
-		"       smartconnector.event(e, c)"
+		"       smartconnector.event(e, c),"
+		"       EXISTS (SELECT 1 FROM smartconnector.chain ch"
+		"                WHERE ch.from_connector_id = e.connector_id)"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
 		" WHERE e.id = $1",
@@ -452,10 +455,13 @@ queue_followers(int64 execution_id)
 				queued++;
 			}
 		}
+		chained = DatumGetBool(SPI_getbinval(tup, tt->tupdesc, 8, &isnull));
 		SPI_freetuptable(tt);
 		if (queued > 0)
 			sc_wake_dispatcher_at_commit();
 	}
+	if (!chained)
+		return;
 
 	/* chained connectors start in this same transaction, with the event as input */
 	ret = SPI_execute_plan(sc_keep_plan(&chains_plan,
