@@ -420,6 +420,11 @@ BEGIN
 	IF NOT is_insert THEN
 		NEW.created_at := OLD.created_at;
 		NEW.updated_at := pg_catalog.now();
+		/* admissions of this connector wait for a status or limit change, and it for them */
+		IF NEW.status IS DISTINCT FROM OLD.status
+		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions THEN
+			PERFORM smartconnector.lock_admissions(NEW.id);
+		END IF;
 		/* a status or limit change may let queued executions start */
 		IF NEW.status IS DISTINCT FROM OLD.status
 		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions
@@ -806,6 +811,9 @@ COMMENT ON TABLE smartconnector.record_hash IS
 CREATE FUNCTION smartconnector.hold_execution_lock(execution_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'hold_execution_lock';
+CREATE FUNCTION smartconnector.lock_admissions(connector_id bigint)
+RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'lock_admissions';
 
 CREATE FUNCTION smartconnector.runner_alive(execution_id bigint)
 RETURNS boolean LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
@@ -964,9 +972,9 @@ COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
 /*
  * Admit the oldest queued execution of one connector if its status and
  * limit allow: mark it running and take its session lock; NULL if nothing
- * may start.  The connector row lock serialises admissions of a connector
- * (and limit changes), so the count of running executions cannot go stale
- * before the admission commits (src/lifecycle.c).
+ * may start.  The connector's admission lock serialises its admissions
+ * (and status and limit changes), so the count of running executions cannot
+ * go stale before the admission commits (src/lifecycle.c).
  */
 CREATE FUNCTION smartconnector.admit(connector_id bigint)
 RETURNS bigint

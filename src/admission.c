@@ -34,6 +34,7 @@
 #include "smartconnector.h"
 
 PG_FUNCTION_INFO_V1(hold_execution_lock);
+PG_FUNCTION_INFO_V1(lock_admissions);
 PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
 PG_FUNCTION_INFO_V1(wake_dispatcher_at_commit);
@@ -121,6 +122,24 @@ release_session_lock(int64 execution_id)
 
 	sc_execution_locktag(&tag, execution_id);
 	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * Serialise with every other admission of a connector and with changes of
+ * its status or limit, until the end of the transaction.  A lock-manager
+ * lock rather than the connector's row lock: taking that wrote the row's
+ * lock bit (and WAL) on every admission, and cost a statement.
+ */
+void
+sc_lock_admissions(int64 connector_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 (uint32) ((uint64) connector_id >> 32),
+						 (uint32) connector_id,
+						 SC_LOCKSPACE_ADMISSION);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /*
@@ -305,6 +324,17 @@ Datum
 hold_execution_lock(PG_FUNCTION_ARGS)
 {
 	sc_hold_execution_lock(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * lock_admissions(connector_id bigint) returns void: for the settings
+ * trigger, when a connector's status or limit changes.
+ */
+Datum
+lock_admissions(PG_FUNCTION_ARGS)
+{
+	sc_lock_admissions(PG_GETARG_INT64(0));
 	PG_RETURN_VOID();
 }
 

@@ -13,11 +13,12 @@
  * each statement is prepared once per backend and run with SPI.
  *
  * The statements are the same as before and keep their semantics:
- *  - Admission locks the connector row (FOR NO KEY UPDATE), then counts the
- *    running executions in a new statement, hence with a snapshot taken
- *    after the lock: an admission that held the lock before us has
- *    committed by then and is counted.  Limit and status changes take the
- *    same row lock.
+ *  - Admission takes the connector's admission lock (a lock-manager lock,
+ *    sc_lock_admissions()), then reads its status and limit and counts its
+ *    running executions in a statement that starts after the lock, hence
+ *    with a snapshot in which an admission that held the lock before us has
+ *    committed and is counted.  Status and limit changes take the same lock
+ *    (in the settings trigger), so they and admissions serialise.
  *  - The end is one UPDATE that only finds the execution while it is
  *    running, so it ends once even when a cancel or the launcher races it.
  *
@@ -147,8 +148,9 @@ count_running(int64 connector_id)
 
 /*
  * Admit the oldest queued execution of one connector if its status and
- * limit allow; returns its id or 0.  Waits for the connector's row lock:
- * another admission holds it only until its short transaction commits.
+ * limit allow; returns its id or 0.  Waits for the connector's admission
+ * lock: another admission holds it only until its short transaction
+ * commits.
  * *next_head is set to the connector's next queued execution (0 if none).
  */
 static int64
@@ -160,21 +162,23 @@ admit_connector(int64 connector_id, int64 *next_head)
 	int64		limit;
 	int			ret;
 
+	sc_lock_admissions(connector_id);
+
+	/* a statement that starts after the lock: it sees every admission before ours */
 	ret = SPI_execute_plan(sc_keep_plan(&lock_plan,
-		"SELECT x.max_concurrent_executions::bigint"
+		"SELECT x.max_concurrent_executions::bigint,"
+		"       (SELECT count(*) FROM smartconnector.execution e"
+		"         WHERE e.connector_id = x.id AND e.state = 'running')"
 		"  FROM smartconnector.connector x"
-		" WHERE x.id = $1 AND x.status IN ('operational', 'need_attention')"
-		"   FOR NO KEY UPDATE",
+		" WHERE x.id = $1 AND x.status IN ('operational', 'need_attention')",
 		1, types), args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not lock connector %lld", (long long) connector_id);
+		elog(ERROR, "could not read connector %lld", (long long) connector_id);
 	*next_head = 0;
 	if (SPI_processed == 0)
 		return 0;				/* gone, or may not execute now */
 	limit = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-
-	/* a new statement, so a new snapshot: it sees every admission before our lock */
-	if (count_running(connector_id) >= limit)
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) >= limit)
 		return 0;
 
 	for (;;)

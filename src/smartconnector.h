@@ -43,6 +43,7 @@
  */
 #define SC_LOCKSPACE_EXECUTION		0x5C01	/* held while an execution runs */
 #define SC_LOCKSPACE_RECORD			0x5C02	/* lock_record() */
+#define SC_LOCKSPACE_ADMISSION		0x5C03	/* admitting, or changing status or limit, by connector */
 
 /* Record actions, in the order of the record_* columns */
 typedef enum ScAction
@@ -144,6 +145,7 @@ extern bool sc_signal_runner(int64 execution_id);
 /* admission.c */
 extern void sc_execution_locktag(LOCKTAG *tag, int64 execution_id);
 extern void sc_hold_execution_lock(int64 execution_id);
+extern void sc_lock_admissions(int64 connector_id);
 extern void sc_release_execution_lock_at_commit(int64 execution_id);
 extern void sc_wake_at_commit(void);
 extern void sc_wake_dispatcher_at_commit(void);
