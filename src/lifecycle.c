@@ -81,7 +81,7 @@ static int64 admit_connector(int64 connector_id, int64 *next_head);
 static void queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 						   const char *target, const char *target_host, const char *reason,
 						   Datum body);
-static void queue_followers(int64 execution_id);
+static void queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first);
 static void spi_connect(void);
 
 /*
@@ -296,7 +296,9 @@ admit_from_candidates(void)
 		int64		next_head;
 		int64		id;
 
-		if (count_running(candidates[i].connector_id) >= candidates[i].limit)
+		/* (with one candidate there is nothing to skip to) */
+		if (n_candidates > 1 &&
+			count_running(candidates[i].connector_id) >= candidates[i].limit)
 			continue;
 		id = admit_connector(candidates[i].connector_id, &next_head);
 		reposition_candidate(i, next_head);
@@ -378,93 +380,79 @@ queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 }
 
 /*
+ * What follows the end of an execution, as columns of a statement that
+ * reads it as x joined to its connector as c: the connector, the webhook's
+ * URL and host, the three email addresses in order of reason (the error
+ * address only for a failure), the event (event() is inlined, so it is built
+ * once) and whether the connector is chained to others.
+ */
+#define FOLLOWER_COLUMNS \
+	" x.connector_id, c.execution_ended_webhook_url," \
+	" smartconnector.url_host(c.execution_ended_webhook_url)," \
+	" c.notification_email," \
+	" CASE WHEN x.state IN ('failed', 'partial_success')" \
+	"      THEN c.error_notification_email END," \
+	" (SELECT u.email FROM smartconnector.user_email u" \
+	"   WHERE u.role_name = x.initiated_by)," \
+	" smartconnector.event(x, c)," \
+	" EXISTS (SELECT 1 FROM smartconnector.chain ch" \
+	"          WHERE ch.from_connector_id = x.connector_id)"
+
+/*
  * Queue the webhook and emails of an ended execution and trigger the
  * connectors chained to it, in the caller's transaction; wake the
- * dispatcher at commit if anything was queued.  Expects SPI to be
- * connected and search_path to be pinned.
+ * dispatcher at commit if anything was queued.  tup holds FOLLOWER_COLUMNS
+ * from column first on.  Expects SPI to be connected and the settings to
+ * be pinned.
  */
 static void
-queue_followers(int64 execution_id)
+queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(execution_id)};
+	bool		isnull;
+	Datum		connector_id = SPI_getbinval(tup, desc, first, &isnull);
+	Datum		body = SPI_getbinval(tup, desc, first + 6, &isnull);
+	/* emails in order of reason; an address gets the first that applies */
+	static const char *const reasons[3] = {"notification", "error_notification", "initiator"};
+	char	   *url = SPI_getvalue(tup, desc, first + 1);
+	char	   *emails[3];
+	char	   *folded[3];
+	int			queued = 0;
 	int			ret;
 	uint64		n;
-	bool		chained = false;
 
-	/*
-	 * One read gives the event (built once: event() is inlined) and every
-	 * possible recipient; each delivery is then a plain one-row INSERT.
-	 * (A single INSERT ... SELECT with a lateral union of recipients did
-	 * the same, but setting up its plan cost more than running it.)
-	 */
-	ret = SPI_execute_plan(sc_keep_plan(&recipients_plan,
-		"SELECT e.connector_id, c.execution_ended_webhook_url,"
-		"       smartconnector.url_host(c.execution_ended_webhook_url),"
-		"       c.notification_email,"
-		"       CASE WHEN e.state IN ('failed', 'partial_success')"
-		"            THEN c.error_notification_email END,"
-		"       (SELECT u.email FROM smartconnector.user_email u"
-		"         WHERE u.role_name = e.initiated_by),"
-		"       smartconnector.event(e, c),"
-		"       EXISTS (SELECT 1 FROM smartconnector.chain ch"
-		"                WHERE ch.from_connector_id = e.connector_id)"
-		"  FROM smartconnector.execution e"
-		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
-		" WHERE e.id = $1",
-		1, types), args, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read the recipients of execution %lld", (long long) execution_id);
-	if (SPI_processed == 1)
+	/* each delivery is a plain one-row INSERT (cheaper to set up than one INSERT ... SELECT) */
+	if (url != NULL)
 	{
-		SPITupleTable *tt = SPI_tuptable;
-		HeapTuple	tup = tt->vals[0];
-		bool		isnull;
-		Datum		connector_id = SPI_getbinval(tup, tt->tupdesc, 1, &isnull);
-		Datum		body = SPI_getbinval(tup, tt->tupdesc, 7, &isnull);
-		/* emails in order of reason; an address gets the first that applies */
-		static const char *const reasons[3] = {"notification", "error_notification", "initiator"};
-		char	   *emails[3];
-		char	   *folded[3];
-		int			queued = 0;
-
-		if (!isnull)
-		{
-			char	   *url = SPI_getvalue(tup, tt->tupdesc, 2);
-
-			if (url != NULL)
-			{
-				queue_delivery(execution_id, connector_id, "webhook", url,
-							   SPI_getvalue(tup, tt->tupdesc, 3), "webhook", body);
-				queued++;
-			}
-			for (int k = 0; k < 3; k++)
-			{
-				emails[k] = SPI_getvalue(tup, tt->tupdesc, 4 + k);
-				folded[k] = emails[k] ? str_tolower(emails[k], strlen(emails[k]),
-													DEFAULT_COLLATION_OID) : NULL;
-			}
-			for (int k = 0; k < 3; k++)
-			{
-				bool		seen = false;
-
-				if (emails[k] == NULL)
-					continue;
-				for (int j = 0; j < k && !seen; j++)
-					seen = folded[j] != NULL && strcmp(folded[j], folded[k]) == 0;
-				if (seen)
-					continue;
-				queue_delivery(execution_id, connector_id, "email", emails[k], "smtp",
-							   reasons[k], body);
-				queued++;
-			}
-		}
-		chained = DatumGetBool(SPI_getbinval(tup, tt->tupdesc, 8, &isnull));
-		SPI_freetuptable(tt);
-		if (queued > 0)
-			sc_wake_dispatcher_at_commit();
+		queue_delivery(execution_id, connector_id, "webhook", url,
+					   SPI_getvalue(tup, desc, first + 2), "webhook", body);
+		queued++;
 	}
-	if (!chained)
+	for (int k = 0; k < 3; k++)
+	{
+		emails[k] = SPI_getvalue(tup, desc, first + 3 + k);
+		folded[k] = emails[k] ? str_tolower(emails[k], strlen(emails[k]),
+											DEFAULT_COLLATION_OID) : NULL;
+	}
+	for (int k = 0; k < 3; k++)
+	{
+		bool		seen = false;
+
+		if (emails[k] == NULL)
+			continue;
+		for (int j = 0; j < k && !seen; j++)
+			seen = folded[j] != NULL && strcmp(folded[j], folded[k]) == 0;
+		if (seen)
+			continue;
+		queue_delivery(execution_id, connector_id, "email", emails[k], "smtp",
+					   reasons[k], body);
+		queued++;
+	}
+	if (queued > 0)
+		sc_wake_dispatcher_at_commit();
+
+	if (!DatumGetBool(SPI_getbinval(tup, desc, first + 7, &isnull)))
 		return;
 
 	/* chained connectors start in this same transaction, with the event as input */
@@ -489,7 +477,6 @@ queue_followers(int64 execution_id)
 		for (uint64 i = 0; i < n; i++)
 		{
 			Datum		eargs[3];
-			bool		isnull;
 
 			for (int k = 0; k < 3; k++)
 				eargs[k] = SPI_getbinval(chains->vals[i], chains->tupdesc, k + 1, &isnull);
@@ -545,7 +532,11 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 	/*
 	 * Only a running execution ends, once: a concurrent end makes this
 	 * UPDATE find the row no longer running (it rechecks after waiting).
-	 * Metadata and a handler's result that are not objects are wrapped.
+	 * Metadata and a handler's result that are not objects are wrapped.  The
+	 * state is compared as text so that the plan goes by primary key: with
+	 * "state = 'running'" the kept generic plan read the whole partial index
+	 * of running executions, dead entries of every recent end included.
+	 * The returned row carries all that follows the end (FOLLOWER_COLUMNS).
 	 */
 	ret = SPI_execute_plan(sc_keep_plan(&end_plan,
 		"UPDATE smartconnector.execution x"
@@ -565,23 +556,23 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 		"           || CASE WHEN $8 IS NULL THEN '{}'::jsonb"
 		"                   WHEN jsonb_typeof($8) = 'object' THEN $8"
 		"                   ELSE jsonb_build_object('result', $8) END"
-		" WHERE x.id = $1 AND x.state = 'running'"
-		" RETURNING x.state::text, x.connector_id, x.state",
+		"  FROM smartconnector.connector c"
+		" WHERE x.id = $1 AND x.state::text = 'running' AND c.id = x.connector_id"
+		" RETURNING x.state::text, x.state," FOLLOWER_COLUMNS,
 		8, types), args, nulls, false, 1);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not end execution %lld", (long long) execution_id);
 
 	if (SPI_processed == 1)
 	{
+		SPITupleTable *ended = SPI_tuptable;
 		bool		isnull;
-		int64		connector_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															   SPI_tuptable->tupdesc, 2, &isnull));
+		int64		connector_id = DatumGetInt64(SPI_getbinval(ended->vals[0], ended->tupdesc,
+															   3, &isnull));
 
-		state = MemoryContextStrdup(caller_cxt, SPI_getvalue(SPI_tuptable->vals[0],
-															 SPI_tuptable->tupdesc, 1));
+		state = MemoryContextStrdup(caller_cxt, SPI_getvalue(ended->vals[0], ended->tupdesc, 1));
 		if (state_oid)
-			*state_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc, 3, &isnull));
+			*state_oid = DatumGetObjectId(SPI_getbinval(ended->vals[0], ended->tupdesc, 2, &isnull));
 		if (strcmp(state, "failed") == 0)
 		{
 			Oid			t[1] = {INT8OID};
@@ -605,7 +596,8 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 									 true, 0, false);
 		}
-		queue_followers(execution_id);
+		queue_followers(execution_id, ended->vals[0], ended->tupdesc, 3);
+		SPI_freetuptable(ended);
 	}
 
 	SPI_finish();
@@ -685,10 +677,21 @@ complete_execution(PG_FUNCTION_ARGS)
 Datum
 execution_ended(PG_FUNCTION_ARGS)
 {
+	int64		execution_id = PG_GETARG_INT64(0);
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(execution_id)};
 	int			nest = sc_pin_settings();
 
 	spi_connect();
-	queue_followers(PG_GETARG_INT64(0));
+	if (SPI_execute_plan(sc_keep_plan(&recipients_plan,
+		"SELECT" FOLLOWER_COLUMNS
+		"  FROM smartconnector.execution x"
+		"  JOIN smartconnector.connector c ON c.id = x.connector_id"
+		" WHERE x.id = $1",
+		1, types), args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the recipients of execution %lld", (long long) execution_id);
+	if (SPI_processed == 1)
+		queue_followers(execution_id, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	SPI_finish();
 	sc_unpin_settings(nest);
 	PG_RETURN_VOID();
