@@ -420,9 +420,10 @@ BEGIN
 	IF NOT is_insert THEN
 		NEW.created_at := OLD.created_at;
 		NEW.updated_at := pg_catalog.now();
-		/* admissions of this connector wait for a status or limit change, and it for them */
+		/* admissions of this connector wait for a status, limit or handler change, and it for them */
 		IF NEW.status IS DISTINCT FROM OLD.status
-		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions THEN
+		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions
+		   OR NEW.handler IS DISTINCT FROM OLD.handler THEN
 			PERFORM smartconnector.lock_admissions(NEW.id);
 		END IF;
 		/* a status or limit change may let queued executions start */

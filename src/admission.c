@@ -29,6 +29,8 @@
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
 #include "utils/memutils.h"
 
 #include "smartconnector.h"
@@ -130,16 +132,70 @@ release_session_lock(int64 execution_id)
  * lock rather than the connector's row lock: taking that wrote the row's
  * lock bit (and WAL) on every admission, and cost a statement.
  */
-void
-sc_lock_admissions(int64 connector_id)
+static void
+admission_locktag(LOCKTAG *tag, int64 connector_id)
 {
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
 						 (uint32) ((uint64) connector_id >> 32),
 						 (uint32) connector_id,
 						 SC_LOCKSPACE_ADMISSION);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* Returns false only when !wait and another transaction holds it. */
+bool
+sc_lock_admissions(int64 connector_id, bool wait)
+{
+	LOCKTAG		tag;
+
+	admission_locktag(&tag, connector_id);
+	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * Whether a connector's admission lock is held only by executors, which
+ * hold it for the short transaction of one admission (or by nobody any
+ * more).  Otherwise some other session holds it: a change of the
+ * connector's settings, whose transaction may stay open for any time.
+ */
+bool
+sc_admissions_locked_by_executors(int64 connector_id)
+{
+	LOCKTAG		tag;
+	VirtualTransactionId *holders;
+	int			n;
+	bool		executors_only = true;
+
+	admission_locktag(&tag, connector_id);
+	holders = GetLockConflicts(&tag, ExclusiveLock, &n);
+	for (int i = 0; i < n && executors_only; i++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(holders[i].backendId);
+		bool		found = false;
+
+		if (proc == NULL)
+			continue;
+		SpinLockAcquire(&sc_shared->mutex);
+		for (int k = 0; k < sc_max_workers && !found; k++)
+			found = sc_shared->executors[k].in_use && sc_shared->executors[k].pid == proc->pid;
+		SpinLockRelease(&sc_shared->mutex);
+		executors_only = found;
+	}
+	return executors_only;
+}
+
+/*
+ * Give the lock back before the end of the transaction: an admission that
+ * admitted nothing wrote nothing under it, and must not keep it while it
+ * tries other connectors (two executors, or an executor and a statement
+ * changing several connectors, could otherwise wait for each other).
+ */
+void
+sc_unlock_admissions(int64 connector_id)
+{
+	LOCKTAG		tag;
+
+	admission_locktag(&tag, connector_id);
+	LockRelease(&tag, ExclusiveLock, false);
 }
 
 /*
@@ -334,7 +390,7 @@ hold_execution_lock(PG_FUNCTION_ARGS)
 Datum
 lock_admissions(PG_FUNCTION_ARGS)
 {
-	sc_lock_admissions(PG_GETARG_INT64(0));
+	(void) sc_lock_admissions(PG_GETARG_INT64(0), true);
 	PG_RETURN_VOID();
 }
 

@@ -444,8 +444,7 @@ handler_problem(PG_FUNCTION_ARGS)
 		problem = psprintf("%s must return void or jsonb.", format_procedure(handler));
 	else if (OidIsValid(run_as) && pg_proc_aclcheck(handler, run_as, ACL_EXECUTE) != ACLCHECK_OK)
 		problem = psprintf("Role \"%s\" may not execute %s.",
-						   quote_identifier(GetUserNameFromId(run_as, false)),
-						   format_procedure(handler));
+						   GetUserNameFromId(run_as, false), format_procedure(handler));
 	ReleaseSysCache(tup);
 
 	if (problem == NULL)

@@ -99,8 +99,20 @@ static TimestampTz fetch_due(void);
 static int	ready_for_host(const char *host);
 static bool is_ready(int64 id);
 static bool ready_can_start(void);
+static long ms_until(TimestampTz now, TimestampTz then);
 static void start_ready(void);
 static char *valid_text(const char *s);
+
+/*
+ * Milliseconds from now until then, rounded up; 0 if then has passed.
+ */
+static long
+ms_until(TimestampTz now, TimestampTz then)
+{
+	if (then <= now)
+		return 0;
+	return (long) ((then - now + 999) / 1000);
+}
 
 /*
  * A receiver's response as text the database accepts: bytes that are not
@@ -523,7 +535,7 @@ sc_dispatcher_main(Datum main_arg)
 	volatile TimestampTz next_due = 0;
 	List	   *volatile unrecorded = NIL;	/* finished, not yet recorded */
 	volatile TimestampTz first_unrecorded = 0;
-	volatile TimestampTz last_fetch = 0;
+	volatile TimestampTz fetch_not_before = 0;	/* pacing, and a pause after an error */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -602,7 +614,7 @@ sc_dispatcher_main(Datum main_arg)
 		/* nothing ready can start: fetch more, unless the last look found nothing */
 		if (!ready_can_start() && !last_fetch_empty)
 			need_fetch = true;
-		fetch_allowed = now >= TimestampTzPlusMilliseconds(last_fetch, FETCH_INTERVAL_MS);
+		fetch_allowed = now >= fetch_not_before;
 		/* results ride along with the next fetch, or wait a few ms for company */
 		record_now = unrecorded != NIL &&
 			(list_length(unrecorded) >= RECORD_GROUP ||
@@ -623,7 +635,8 @@ sc_dispatcher_main(Datum main_arg)
 					if (fetch)
 					{
 						next_due = fetch_due();
-						last_fetch = GetCurrentTimestamp();
+						fetch_not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																	   FETCH_INTERVAL_MS);
 					}
 				}
 				sc_work_commit();
@@ -636,7 +649,8 @@ sc_dispatcher_main(Datum main_arg)
 				EmitErrorReport();
 				FlushErrorState();
 				AbortOutOfAnyTransaction();
-				next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+				/* try again in a second, not in a loop that fills the log */
+				fetch_not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 			}
 			PG_END_TRY();
 
@@ -667,18 +681,22 @@ sc_dispatcher_main(Datum main_arg)
 			timeout = 10000;
 		else
 		{
-			if (next_due != 0)
+			now = GetCurrentTimestamp();
+			if (next_due > now)
+				timeout = Min(timeout, ms_until(now, next_due));
+			else if (next_due != 0)
 			{
-				long		secs;
-				int			usecs;
-
-				TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
-				timeout = Min(timeout, secs * 1000 + (usecs + 999) / 1000);
+				/*
+				 * Due work waits for a free transfer slot: a finished
+				 * transfer wakes us, and blocked hosts are looked past
+				 * after BLOCKED_FETCH_MS.
+				 */
+				timeout = Min(timeout, BLOCKED_FETCH_MS);
 			}
 			if (unrecorded != NIL)
 				timeout = Min(timeout, RECORD_DELAY_MS);
 			if (need_fetch && !ready_can_start())
-				timeout = fetch_allowed ? 0 : FETCH_INTERVAL_MS;
+				timeout = Min(timeout, ms_until(now, fetch_not_before));
 		}
 
 		if (sc_transport_wait(timeout))

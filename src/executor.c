@@ -157,7 +157,24 @@ admit_next(void)
 {
 	int64		id;
 
-	sc_work_begin("smartconnector: admitting");
+	/*
+	 * Admission counts running executions as of each statement, so it runs
+	 * at READ COMMITTED whatever default_transaction_isolation says.
+	 */
+	{
+		int			save = DefaultXactIsoLevel;
+
+		DefaultXactIsoLevel = XACT_READ_COMMITTED;
+		PG_TRY();
+		{
+			sc_work_begin("smartconnector: admitting");
+		}
+		PG_FINALLY();
+		{
+			DefaultXactIsoLevel = save;
+		}
+		PG_END_TRY();
+	}
 
 	/*
 	 * The admission need not wait for its WAL to reach disk: if a crash

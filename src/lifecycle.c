@@ -31,6 +31,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -49,8 +50,15 @@ PG_FUNCTION_INFO_V1(admit_next);
 PG_FUNCTION_INFO_V1(complete_execution);
 PG_FUNCTION_INFO_V1(execution_ended);
 
-/* Connectors with queued work that admission considers, oldest head first */
+/*
+ * Connectors with queued work that admission considers, oldest head first.
+ * More than smartconnector.max_workers can be (128): a connector at its
+ * limit has at least one execution running, on an executor, so the list
+ * always reaches past the full ones.
+ */
 #define MAX_CANDIDATES 256
+/* admit_connector(): the connector's admission lock is held elsewhere */
+#define ADMIT_BUSY (-1)
 /* How long an executor keeps that list between admissions */
 #define CANDIDATES_MAX_AGE_MS 10
 
@@ -77,7 +85,7 @@ static SPIPlanPtr chains_plan = NULL;
 static SPIPlanPtr enqueue_plan = NULL;
 
 static int64 count_running(int64 connector_id);
-static int64 admit_connector(int64 connector_id, int64 *next_head);
+static int64 admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_head);
 static void queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 						   const char *target, const char *target_host, const char *reason,
 						   Datum body);
@@ -148,21 +156,32 @@ count_running(int64 connector_id)
 
 /*
  * Admit the oldest queued execution of one connector if its status and
- * limit allow; returns its id or 0.  Waits for the connector's admission
- * lock: another admission holds it only until its short transaction
- * commits.
+ * limit allow; returns its id, 0 if nothing may start, or ADMIT_BUSY if
+ * !wait and another transaction holds the connector's admission lock
+ * (another admission, or a change of its status, limit or handler).  An
+ * executor (for_executor) admits only connectors that have a handler.
  * *next_head is set to the connector's next queued execution (0 if none).
+ *
+ * The lock is kept to the end of the transaction only when something was
+ * admitted; otherwise it is given back at once (nothing was written).
  */
 static int64
-admit_connector(int64 connector_id, int64 *next_head)
+admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_head)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(connector_id)};
+	Oid			types[2] = {INT8OID, BOOLOID};
+	Datum		args[2] = {Int64GetDatum(connector_id), BoolGetDatum(for_executor)};
 	bool		isnull;
 	int64		limit;
 	int			ret;
 
-	sc_lock_admissions(connector_id);
+	*next_head = 0;
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("admission must run at isolation level READ COMMITTED"),
+				 errdetail("Admission counts running executions as of now, which an older snapshot cannot see.")));
+	if (!sc_lock_admissions(connector_id, wait))
+		return ADMIT_BUSY;
 
 	/* a statement that starts after the lock: it sees every admission before ours */
 	ret = SPI_execute_plan(sc_keep_plan(&lock_plan,
@@ -170,16 +189,22 @@ admit_connector(int64 connector_id, int64 *next_head)
 		"       (SELECT count(*) FROM smartconnector.execution e"
 		"         WHERE e.connector_id = x.id AND e.state = 'running')"
 		"  FROM smartconnector.connector x"
-		" WHERE x.id = $1 AND x.status IN ('operational', 'need_attention')",
-		1, types), args, NULL, false, 1);
+		" WHERE x.id = $1 AND x.status IN ('operational', 'need_attention')"
+		"   AND (x.handler IS NOT NULL OR NOT $2)",
+		2, types), args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read connector %lld", (long long) connector_id);
-	*next_head = 0;
 	if (SPI_processed == 0)
+	{
+		sc_unlock_admissions(connector_id);
 		return 0;				/* gone, or may not execute now */
+	}
 	limit = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) >= limit)
+	{
+		sc_unlock_admissions(connector_id);
 		return 0;
+	}
 
 	for (;;)
 	{
@@ -224,7 +249,10 @@ admit_connector(int64 connector_id, int64 *next_head)
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read the queue of connector %lld", (long long) connector_id);
 		if (SPI_processed == 0)
+		{
+			sc_unlock_admissions(connector_id);
 			return 0;
+		}
 	}
 }
 
@@ -282,31 +310,61 @@ reposition_candidate(int i, int64 next_head)
 	n_candidates++;
 }
 
+/* The place of a connector in the candidate list, or -1 */
+static int
+candidate_index(int64 connector_id)
+{
+	for (int i = 0; i < n_candidates; i++)
+		if (candidates[i].connector_id == connector_id)
+			return i;
+	return -1;
+}
+
 /*
  * Try the candidates in order.  Connectors that look full are skipped
- * without taking their lock (another executor may be admitting them);
- * admit_connector() counts again under the lock, which is what the limit
- * relies on.
+ * after one count, and those whose admission lock another transaction
+ * holds are passed over, so that an executor queues neither behind a busy
+ * connector nor behind a session that changes a connector's settings and
+ * keeps its transaction open, while other connectors have work.  Only when
+ * no other candidate admits anything does it wait for such a lock, and
+ * only for one that executors hold (their admissions are short); a
+ * settings change wakes the executors through the launcher when it
+ * commits.  admit_connector() counts again under the lock, which is what
+ * the limit relies on.
  */
 static int64
 admit_from_candidates(void)
 {
-	for (int i = 0; i < n_candidates; i++)
-	{
-		int64		next_head;
-		int64		id;
+	int64		busy = 0;
+	int64		next_head;
+	int64		id;
+	int			i;
 
+	for (i = 0; i < n_candidates; i++)
+	{
 		/* (with one candidate there is nothing to skip to) */
 		if (n_candidates > 1 &&
 			count_running(candidates[i].connector_id) >= candidates[i].limit)
 			continue;
-		id = admit_connector(candidates[i].connector_id, &next_head);
+		id = admit_connector(candidates[i].connector_id, true, false, &next_head);
+		if (id == ADMIT_BUSY)
+		{
+			if (busy == 0 && sc_admissions_locked_by_executors(candidates[i].connector_id))
+				busy = candidates[i].connector_id;
+			continue;
+		}
 		reposition_candidate(i, next_head);
 		if (id != 0)
 			return id;
 		i--;					/* the next candidate moved into place i */
 	}
-	return 0;
+	if (busy == 0)
+		return 0;
+	id = admit_connector(busy, true, true, &next_head);
+	i = candidate_index(busy);
+	if (i >= 0)
+		reposition_candidate(i, next_head);
+	return id;
 }
 
 /*
@@ -617,7 +675,7 @@ admit(PG_FUNCTION_ARGS)
 	int64		next_head;
 
 	spi_connect();
-	id = admit_connector(PG_GETARG_INT64(0), &next_head);
+	id = admit_connector(PG_GETARG_INT64(0), false, true, &next_head);
 	SPI_finish();
 	sc_unpin_settings(nest);
 	if (id == 0)

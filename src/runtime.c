@@ -499,6 +499,7 @@ char *
 sc_complete_current(const char *error, const char *metadata_json,
 					const char *handler_result_json)
 {
+	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *state;
 
 	if (current == NULL)
@@ -515,6 +516,9 @@ sc_complete_current(const char *error, const char *metadata_json,
 	if (state != NULL && strcmp(state, "success") == 0 && !current->dry_run)
 		flush_hashes();
 
+	/* the label was allocated in SPI's context, which SPI_finish() deletes */
+	if (state != NULL)
+		state = MemoryContextStrdup(caller_cxt, state);
 	SPI_finish();
 
 	sc_release_execution_lock_at_commit(current->execution_id);

@@ -145,7 +145,9 @@ extern bool sc_signal_runner(int64 execution_id);
 /* admission.c */
 extern void sc_execution_locktag(LOCKTAG *tag, int64 execution_id);
 extern void sc_hold_execution_lock(int64 execution_id);
-extern void sc_lock_admissions(int64 connector_id);
+extern bool sc_lock_admissions(int64 connector_id, bool wait);
+extern void sc_unlock_admissions(int64 connector_id);
+extern bool sc_admissions_locked_by_executors(int64 connector_id);
 extern void sc_release_execution_lock_at_commit(int64 execution_id);
 extern void sc_wake_at_commit(void);
 extern void sc_wake_dispatcher_at_commit(void);

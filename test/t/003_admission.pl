@@ -4,7 +4,7 @@
 #      after a lowering nothing starts until the running count is below it;
 #      in-flight work is never cancelled by a limit or status change
 #  (b) FIFO per connector    (c) 0 admits nothing; raising admits the backlog in order
-#  (d) connectors do not block each other
+#  (d) connectors do not block each other, (e) nor does an open settings change
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -31,7 +31,8 @@ $node->safe_psql('postgres', q{
 		max_concurrent_executions => 2);
 
 	-- settings changes with the moment they took effect (RETURNING runs after
-	-- the connector row lock is taken, so after any admission in progress)
+	-- the settings trigger took the connector's admission lock, so after any
+	-- admission in progress)
 	CREATE TABLE public.changes (at timestamptz, api_name text, max integer, status text);
 	INSERT INTO public.changes
 		SELECT '-infinity', api_name, max_concurrent_executions, status FROM smartconnector.connector;
@@ -137,6 +138,21 @@ is($node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHER
 $holder->query_safe('SELECT pg_advisory_unlock(777)');
 wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $queued_a",
 	'and starts once the slot is free');
+$holder->quit;
+
+# --- (e) a session changing a connector's settings, its transaction left
+# open, holds up that connector only: executors pass over it ---
+$holder = $node->background_psql('postgres');
+$holder->query_safe(q{BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 2 WHERE api_name = 'a'});
+my $held_a = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('a')});
+@bs = split /\n/, $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b') FROM generate_series(1, 3)});
+wait_until($node, "SELECT count(*) = 3 FROM smartconnector.execution WHERE id IN (" . join(',', @bs) . ") AND state = 'success'",
+	'b executes while a settings change of a is uncommitted');
+is($node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $held_a"),
+	'queued', 'a waits for the change to commit');
+$holder->query_safe('COMMIT');
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $held_a",
+	'and starts once it has');
 $holder->quit;
 
 # --- external runners: six sessions claim and finish under limit 2 ---
