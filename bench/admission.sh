@@ -5,7 +5,9 @@
 #  - the commit ceiling: pgbench single-row INSERT rate (1 client);
 #  - executions per second of a no-op handler draining a backlog of 100, and
 #    the first 1,000 of a backlog of 100,000 (admission cost must not grow
-#    with the backlog);
+#    with the backlog: the cost ratio is the backlog-100 rate over the
+#    backlog-100,000 rate; both after a warm-up drain that starts the
+#    executors);
 #  - trigger-to-start latency (queued_at to started_at) of single triggers
 #    on an idle system, median and p99.
 # All times come from the execution rows' own timestamps (clock_timestamp()).
@@ -46,6 +48,9 @@ echo "executor workers: $WORKERS, no-op handler, limit $WORKERS"
 echo
 
 ceiling=$(bench_insert_ceiling 1 5)
+# warm-up: the first release also starts the executor workers, which would
+# otherwise count against the short backlog-100 drain only
+drain 100 100 >/dev/null
 rate_small=$(drain 100 100)
 rate_big=$(drain 100000 1000)
 
@@ -69,6 +74,8 @@ printf "%-58s %10s %s\n" "pgbench single-row INSERT, 1 client (tps, the ceiling)
 printf "%-58s %10s %s\n" "executions/s, backlog 100 (all 100)" "$rate_small" \
 	"$(awk -v a="$rate_small" -v b="$ceiling" 'BEGIN {printf "%.2f of ceiling", a/b}')"
 printf "%-58s %10s %s\n" "executions/s, backlog 100,000 (first 1,000)" "$rate_big" \
-	"$(awk -v a="$rate_big" -v b="$rate_small" -v c="$ceiling" 'BEGIN {printf "%.2f of ceiling; %.2fx backlog-100 rate", a/c, a/b}')"
+	"$(awk -v a="$rate_big" -v c="$ceiling" 'BEGIN {printf "%.2f of ceiling", a/c}')"
+printf "%-58s %10s %s\n" "admission cost at 100,000 queued relative to 100 queued" \
+	"$(awk -v a="$rate_big" -v b="$rate_small" 'BEGIN {printf "%.2fx", b/a}')" "(target: at most 1.5x)"
 printf "%-58s %10s\n" "trigger-to-start latency, idle, median (ms)" "$p50"
 printf "%-58s %10s\n" "trigger-to-start latency, idle, p99 (ms)" "$p99"
