@@ -12,20 +12,21 @@
  * executor's time went to that glue rather than to the statements.  Here
  * each statement is prepared once per backend and run with SPI.
  *
- * The statements are the same as before and keep their semantics:
+ * What the statements guarantee:
  *  - Admission takes the connector's admission lock (a lock-manager lock,
  *    sc_lock_admissions()), then reads its status and limit and counts its
  *    running executions in a statement that starts after the lock, hence
  *    with a snapshot in which an admission that held the lock before us has
- *    committed and is counted.  Status and limit changes take the same lock
- *    (in the settings trigger), so they and admissions serialise.
+ *    committed and is counted.  Status, limit and handler changes take the
+ *    same lock (in the settings trigger), so they and admissions serialise.
  *  - The end is one UPDATE that only finds the execution while it is
- *    running, so it ends once even when a cancel or the launcher races it.
+ *    running, so it ends once even when a cancel or the launcher races it;
+ *    it returns all that follows the end, queued in the same transaction.
  *
- * Every statement runs with search_path pinned to pg_catalog, pg_temp (the
- * SQL-callable entry points are SECURITY DEFINER with that setting), so a
- * caller's search_path can neither change what they resolve to nor force a
- * re-plan, and with plans restricted to index lookups (sc_pin_settings()).
+ * Every statement runs with the settings of sc_pin_settings(): search_path
+ * pinned to pg_catalog, pg_temp (the SQL-callable entry points are also
+ * SECURITY DEFINER with it), so a caller's search_path can neither change
+ * what names resolve to nor force a re-plan; joins by nested loop; no JIT.
  *
  *-------------------------------------------------------------------------
  */
