@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -43,6 +44,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -205,22 +207,18 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	TupleDesc	desc;
 	bool		isnull;
 	MemoryContext old;
-	char	   *nspname;
-	char	   *proname;
 	int			nest = sc_pin_settings();
 
+	/* the routine's names come from the catalog caches below, not from this join */
 	ret = SPI_execute_plan(sc_keep_plan(&load_plan,
-		"SELECT e.connector_id, c.api_name, c.handler IS NOT NULL, p.prokind = 'p',"
-		"       n.nspname, p.proname, c.run_as::oid, e.dry_run, e.diff_check,"
-		"       e.cancel_requested,"
+		"SELECT e.connector_id, c.api_name, c.handler IS NOT NULL,"
+		"       c.run_as::oid, e.dry_run, e.diff_check, e.cancel_requested,"
 		"       smartconnector.handler_problem(c.handler, c.run_as),"
 		"       pg_catalog.jsonb_build_object('execution_id', e.id, 'api_name', c.api_name,"
 		"           'input', e.input, 'diff_check', e.diff_check, 'dry_run', e.dry_run)::text,"
 		"       c.handler::oid"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
-		"  LEFT JOIN pg_catalog.pg_proc p ON p.oid = c.handler"
-		"  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE e.id = $1",
 		1, types), args, NULL, true, 1);
 	sc_unpin_settings(nest);
@@ -236,24 +234,31 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	info->connector_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	info->api_name = SPI_getvalue(tup, desc, 2);
 	info->has_handler = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-	info->is_procedure = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)) && !isnull;
-	nspname = SPI_getvalue(tup, desc, 5);
-	proname = SPI_getvalue(tup, desc, 6);
-	info->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
-	info->dry_run = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-	info->diff_check = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
-	info->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
-	info->problem = SPI_getvalue(tup, desc, 11);
-	info->context_json = SPI_getvalue(tup, desc, 12);
-	info->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 13, &isnull));
+	info->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+	info->dry_run = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	info->diff_check = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	info->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	info->problem = SPI_getvalue(tup, desc, 8);
+	info->context_json = SPI_getvalue(tup, desc, 9);
+	info->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 10, &isnull));
 	if (isnull)
 		info->handler = InvalidOid;
 	if (!info->has_handler)
 		info->problem = pstrdup("The connector's handler was removed after the execution was admitted.");
-	else if (nspname != NULL && proname != NULL)
-		info->call_sql = psprintf("%s %s.%s($1::pg_catalog.jsonb)",
-								  info->is_procedure ? "CALL" : "SELECT",
-								  quote_identifier(nspname), quote_identifier(proname));
+	else if (info->problem == NULL)
+	{
+		/* it exists: handler_problem() said nothing is wrong with it */
+		char	   *proname = get_func_name(info->handler);
+		char	   *nspname = get_namespace_name(get_func_namespace(info->handler));
+
+		info->is_procedure = (get_func_prokind(info->handler) == PROKIND_PROCEDURE);
+		if (proname != NULL && nspname != NULL)
+			info->call_sql = psprintf("%s %s.%s($1::pg_catalog.jsonb)",
+									  info->is_procedure ? "CALL" : "SELECT",
+									  quote_identifier(nspname), quote_identifier(proname));
+		else
+			info->problem = pstrdup("The handler routine no longer exists (it was dropped after it was set).");
+	}
 	MemoryContextSwitchTo(old);
 	return true;
 }

@@ -217,4 +217,20 @@ my $later = run_and_wait('loader', '{"rows": 1}');
 is(field($later, 'state'), 'success', 'a new executor starts for new work');
 
 $holder->quit;
+# --- a procedure as handler: called with CALL, its work commits with the end state ---
+$node->safe_psql('postgres', q{
+	CREATE PROCEDURE public.load_proc(ctx jsonb) LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO public.target VALUES ('proc-' || (ctx ->> 'execution_id'), 1);
+		PERFORM smartconnector.record('proc-' || (ctx ->> 'execution_id'), 'created');
+	END $$;
+	GRANT EXECUTE ON PROCEDURE public.load_proc(jsonb) TO regress_etl;
+	SELECT smartconnector.create_connector('Proc', 'proc', handler => 'public.load_proc(jsonb)',
+		run_as => 'regress_etl', status => 'operational');
+});
+my $proc = run_and_wait('proc', '{}');
+is(field($proc, "state || ' ' || records_created"), 'success 1', 'a procedure handler runs (CALL)');
+is($node->safe_psql('postgres', "SELECT count(*) FROM public.target WHERE k = 'proc-$proc'"),
+	'1', 'and its write is committed');
+
 done_testing();
