@@ -555,16 +555,13 @@ sc_dispatcher_main(Datum main_arg)
 	 * lifetime: they must not depend on the outbox's size when they were
 	 * made.  Planned on an empty outbox they scanned the whole table and
 	 * sorted, or hash-joined it, once it had grown (6-9 ms a turn with
-	 * 20,000 rows).  So: generic plans, and every access by index with
-	 * nested loops; no JIT, which would take the disabled paths' cost as a
-	 * reason to compile; and a search_path nobody can change.
+	 * 20,000 rows).  So: the workers' plan settings (nested loops, no JIT,
+	 * pinned search_path) for the whole session, and on top generic plans
+	 * with every access by index.
 	 */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	sc_apply_plan_settings(true);
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("enable_hashjoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("enable_mergejoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	sc_transport_init();
 	before_shmem_exit(dispatcher_detach, (Datum) 0);

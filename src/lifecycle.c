@@ -94,32 +94,16 @@ static void queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, i
 static void spi_connect(void);
 
 /*
- * Pin the settings our statements are planned and run with; returns the
- * GUC nest level to restore with sc_unpin_settings().  (An abort restores
- * them by itself.)
- *
- * search_path, so that a caller's cannot change what names resolve to.
- * Joins by nested loop: every join here pairs a few rows by key, and its
- * plan is kept for the life of the backend; generic plans made without
- * that walked every connector in a merge join (and probed pg_proc for
- * each) to end one execution.  And no JIT: these statements run in well
- * under a millisecond, and compiling them would take several.
+ * Pin the settings our statements are planned and run with
+ * (sc_apply_plan_settings()); returns the GUC nest level to restore with
+ * sc_unpin_settings().  (An abort restores them by itself.)
  */
 int
 sc_pin_settings(void)
 {
-	static const char *const pinned[][2] = {
-		{"search_path", "pg_catalog, pg_temp"},
-		{"enable_hashjoin", "off"},
-		{"enable_mergejoin", "off"},
-		{"jit", "off"},
-	};
 	int			nest = NewGUCNestLevel();
 
-	for (size_t i = 0; i < lengthof(pinned); i++)
-		(void) set_config_option(pinned[i][0], pinned[i][1],
-								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
+	sc_apply_plan_settings(false);
 	return nest;
 }
 

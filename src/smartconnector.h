@@ -198,6 +198,7 @@ extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function
 extern void sc_work_begin(const char *activity);
 extern void sc_work_commit(void);
 extern bool sc_extension_installed(void);
+extern void sc_apply_plan_settings(bool whole_session);
 extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,
 									  Oid *types);
 

@@ -15,6 +15,7 @@
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 
 #include "smartconnector.h"
@@ -72,6 +73,33 @@ bool
 sc_extension_installed(void)
 {
 	return OidIsValid(get_extension_oid("smartconnector", true));
+}
+
+/*
+ * The settings the workers' own statements are planned and run with, as
+ * their plans are kept for the life of the process: a search_path nobody
+ * can change; joins by nested loop (every join pairs a few rows by key,
+ * and generic plans made without this walked every connector in a merge
+ * join to end one execution); no JIT (the statements run in well under a
+ * millisecond, and compiling one takes several).  For the whole session
+ * (the dispatcher, which runs no other code), or until sc_unpin_settings()
+ * (lifecycle.c, whose executors also run handlers).
+ */
+void
+sc_apply_plan_settings(bool whole_session)
+{
+	static const char *const settings[][2] = {
+		{"search_path", "pg_catalog, pg_temp"},
+		{"enable_hashjoin", "off"},
+		{"enable_mergejoin", "off"},
+		{"jit", "off"},
+	};
+
+	for (size_t i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i][0], settings[i][1], PGC_SUSET,
+								 whole_session ? PGC_S_OVERRIDE : PGC_S_SESSION,
+								 whole_session ? GUC_ACTION_SET : GUC_ACTION_SAVE,
+								 true, 0, false);
 }
 
 /*
