@@ -1,0 +1,223 @@
+# Handlers are untrusted code: each runs in a session that is its run_as
+# role and nothing else, and nothing of one run reaches the next.  Attacks
+# from issue 10, each of which worked through the executor before:
+#  - a deferred trigger queued by a handler fired at commit as superuser;
+#  - session state (a temp table with a trigger, prepared statements, held
+#    cursors, advisory locks, settings) survived into later runs,
+#    also of other connectors running as other roles;
+#  - pg_advisory_unlock_all() in a handler freed the execution's slot, and
+#    a second execution ran beside it under limit 1;
+#  - the role's own settings (ALTER ROLE ... SET) and session_user were not
+#    those of run_as.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use SmartConnectorTest qw(new_node wait_until);
+
+# One executor slot, so that every run shares one pool (before the fix, one process).
+my $node = new_node('sessions', conf => "smartconnector.max_workers = 1\n");
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION smartconnector;
+	CREATE ROLE regress_low LOGIN;
+	CREATE SCHEMA low AUTHORIZATION regress_low;
+	CREATE TABLE public.orders_archive (id integer, note text);
+	GRANT INSERT, SELECT ON public.orders_archive TO regress_low;
+	CREATE TABLE public.seen (run text, probe jsonb);
+	GRANT INSERT ON public.seen TO regress_low;
+	SELECT smartconnector.create_connector('Ext', 'ext', status => 'operational');
+});
+
+# Run SQL as regress_low (the handler author).
+sub as_low
+{
+	my ($sql) = @_;
+	return $node->safe_psql('postgres', "SET ROLE regress_low; $sql");
+}
+
+sub run_and_wait
+{
+	my ($api_name, $input) = @_;
+	$input //= '{}';
+	my $id = $node->safe_psql('postgres', "SELECT smartconnector.trigger('$api_name', '$input')");
+	$node->poll_query_until('postgres',
+		"SELECT state NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
+	  or die "execution $id did not end";
+	return $id;
+}
+
+sub field
+{
+	my ($id, $expr) = @_;
+	return $node->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
+}
+
+sub is_superuser
+{
+	my ($role) = @_;
+	return $node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = '$role'");
+}
+
+# --- a deferred trigger queued by the handler fires at commit as run_as ---
+as_low(q{
+	CREATE FUNCTION low.escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		ALTER ROLE regress_low SUPERUSER;
+		RETURN NULL;
+	END $$;
+	CREATE FUNCTION low.plant(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		CREATE TEMP TABLE armed (x integer);
+		CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON armed
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION low.escalate();
+		INSERT INTO armed VALUES (1);
+	END $$;
+});
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('Plant', 'plant', handler => 'low.plant(jsonb)',
+		run_as => 'regress_low', status => 'operational')});
+my $plant = run_and_wait('plant');
+is(is_superuser('regress_low'), 'f', 'a deferred trigger of the handler does not run as superuser');
+is(field($plant, 'state'), 'failed', 'the run whose commit-time trigger failed ends failed');
+like(field($plant, 'error'), qr/superuser/, 'with the error of the refused ALTER ROLE');
+
+# --- a temp table planted by one role's run does not capture another role's rows ---
+as_low(q{
+	CREATE TABLE low.captured (id integer, note text);
+	CREATE FUNCTION low.capture() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = low AS $$
+	BEGIN
+		INSERT INTO low.captured VALUES (NEW.id, NEW.note);
+		RETURN NEW;
+	END $$;
+	GRANT EXECUTE ON FUNCTION low.capture() TO PUBLIC;
+	CREATE FUNCTION low.trap(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		CREATE TEMP TABLE orders_archive (id integer, note text);
+		CREATE TRIGGER copy_out BEFORE INSERT ON orders_archive
+			FOR EACH ROW EXECUTE FUNCTION low.capture();
+	END $$;
+});
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION public.archive(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO orders_archive VALUES ((ctx ->> 'execution_id')::int, 'confidential');
+	END $$;
+	SELECT smartconnector.create_connector('Trap', 'trap', handler => 'low.trap(jsonb)',
+		run_as => 'regress_low', status => 'operational');
+	SELECT smartconnector.create_connector('Archive', 'archive', handler => 'public.archive(jsonb)',
+		status => 'operational');
+});
+my $trap = run_and_wait('trap');
+is(field($trap, 'state'), 'success', 'the trap is set');
+my $archive = run_and_wait('archive');
+is(field($archive, 'state'), 'success', 'a later run of another role inserts into orders_archive');
+is($node->safe_psql('postgres', "SELECT count(*) FROM public.orders_archive WHERE id = $archive"),
+	'1', 'the row lands in the real table');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM low.captured'),
+	'0', 'and not in the temp table another role planted');
+
+# --- nothing of a run survives into the next run of the same role ---
+as_low(q{
+	CREATE FUNCTION low.probe(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+	DECLARE
+		seen jsonb := jsonb_build_object(
+			'temp_table', to_regclass('pg_temp.leftover') IS NOT NULL,
+			'prepared', (SELECT count(*) FROM pg_prepared_statements),
+			'cursors', (SELECT count(*) FROM pg_cursors),
+			'advisory', (SELECT count(*) FROM pg_locks
+						  WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+			'work_mem', current_setting('work_mem'),
+			'app', coalesce(current_setting('smartconnector_test.leftover', true), ''));
+	BEGIN
+		INSERT INTO public.seen VALUES (ctx -> 'input' ->> 'run', seen);
+		IF ctx -> 'input' ->> 'run' = 'first' THEN
+			CREATE TEMP TABLE leftover (x integer);
+			EXECUTE 'PREPARE leftover_stmt AS SELECT 1';
+			EXECUTE 'DECLARE leftover_cursor CURSOR WITH HOLD FOR SELECT 1';
+			PERFORM pg_advisory_lock(777);
+			PERFORM set_config('work_mem', '1234kB', false);
+			PERFORM set_config('smartconnector_test.leftover', 'yes', false);
+		END IF;
+		RETURN seen;
+	END $$;
+});
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('Probe', 'probe', handler => 'low.probe(jsonb)',
+		run_as => 'regress_low', status => 'operational')});
+my $first = run_and_wait('probe', '{"run": "first"}');
+is(field($first, 'state'), 'success', 'the first run leaves state behind');
+my $second = run_and_wait('probe', '{"run": "second"}');
+is($node->safe_psql('postgres', q{SELECT probe::text FROM public.seen WHERE run = 'second'}),
+	'{"app": "", "cursors": 0, "advisory": 0, "prepared": 0, "work_mem": "4MB", "temp_table": false}',
+	'the next run of the same role sees no temp table, prepared statement, held cursor, advisory lock or setting of it');
+
+# --- pg_advisory_unlock_all() in a handler does not free the execution's slot ---
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION public.sticky(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_advisory_unlock_all();
+		IF ctx -> 'input' ? 'wait_lock' THEN
+			PERFORM pg_advisory_lock((ctx -> 'input' ->> 'wait_lock')::bigint);
+		END IF;
+	END $$;
+	SELECT smartconnector.create_connector('Sticky', 'sticky', handler => 'public.sticky(jsonb)',
+		status => 'operational', max_concurrent_executions => 1);
+});
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('SELECT pg_advisory_lock(4243)');
+my $s1 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('sticky', '{"wait_lock": 4243}')});
+wait_until($node, qq{SELECT count(*) = 1 FROM pg_locks l JOIN smartconnector.execution_progress p ON p.pid = l.pid
+	WHERE l.locktype = 'advisory' AND NOT l.granted AND p.execution_id = $s1},
+	'the first run has released all advisory locks and waits');
+my $s2 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('sticky')});
+# A launcher pass that checks every running execution: an external runner's
+# session ends, and the launcher fails that execution in the same pass.
+my $runner = $node->background_psql('postgres');
+my $ext = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($runner->query_safe(q{SELECT smartconnector.claim('ext')}), $ext, 'an external runner claims');
+my $runner_pid = $runner->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($runner_pid)");
+$runner->{run}->kill_kill;
+wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $ext",
+	'the launcher has checked the running executions');
+is(field($s1, 'state'), 'running', 'the execution that released its advisory locks still runs');
+is(field($s2, 'state'), 'queued', 'and the next one waits: limit 1 holds');
+$holder->query_safe('SELECT pg_advisory_unlock(4243)');
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $s2",
+	'both end');
+is(field($s1, 'state'), 'success', 'the first ends success');
+is($node->safe_psql('postgres', "SELECT (SELECT ended_at FROM smartconnector.execution WHERE id = $s1)
+	<= (SELECT started_at FROM smartconnector.execution WHERE id = $s2)"), 't', 'one after the other');
+$holder->quit;
+
+# --- the handler's session is run_as, with the role's own settings ---
+$node->safe_psql('postgres', q{
+	CREATE ROLE regress_conf LOGIN;
+	CREATE SCHEMA conf;
+	ALTER ROLE regress_conf SET search_path = conf, public;
+	ALTER ROLE regress_conf SET statement_timeout = '300ms';
+	ALTER ROLE regress_conf SET work_mem = '2345kB';
+	CREATE FUNCTION public.whoami(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_sleep(coalesce((ctx -> 'input' ->> 'sleep')::float8, 0));
+		RETURN jsonb_build_object('session_user', session_user, 'current_user', current_user,
+			'calling_role', smartconnector.calling_role(),
+			'search_path', current_setting('search_path'),
+			'statement_timeout', current_setting('statement_timeout'),
+			'work_mem', current_setting('work_mem'));
+	END $$;
+	GRANT EXECUTE ON FUNCTION smartconnector.calling_role() TO PUBLIC;
+	SELECT smartconnector.create_connector('Whoami', 'whoami', handler => 'public.whoami(jsonb)',
+		run_as => 'regress_conf', status => 'operational');
+});
+my $who = run_and_wait('whoami');
+is(field($who, 'metadata'),
+	'{"work_mem": "2345kB", "search_path": "conf, public", "calling_role": "regress_conf", "current_user": "regress_conf", "session_user": "regress_conf", "statement_timeout": "300ms"}',
+	'session_user, current_user, calling_role() and the role\'s settings are run_as\'s');
+my $slow = run_and_wait('whoami', '{"sleep": 3}');
+is(field($slow, "state || ' ' || error"), 'failed canceling statement due to statement timeout',
+	'the role\'s statement_timeout limits the handler');
+
+done_testing();
