@@ -8,6 +8,8 @@ MODULE_big = smartconnector
 OBJS = \
 	src/smartconnector.o \
 	src/catalog.o \
+	src/identity.o \
+	src/binding.o \
 	src/http.o \
 	src/shmem.o \
 	src/admission.o \

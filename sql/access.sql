@@ -8,7 +8,7 @@ CREATE ROLE regress_admin LOGIN IN ROLE smartconnector_admin;
 CREATE ROLE regress_operator LOGIN IN ROLE smartconnector_operator;
 CREATE ROLE regress_viewer LOGIN IN ROLE smartconnector_viewer;
 CREATE ROLE regress_nobody LOGIN;
-CREATE ROLE regress_etl NOLOGIN;
+CREATE ROLE regress_etl LOGIN;
 CREATE ROLE regress_super SUPERUSER NOLOGIN;
 
 SELECT smartconnector.create_connector('Invoices', 'invoices',
@@ -123,6 +123,16 @@ SELECT p.oid::regprocedure AS public_executable
  WHERE p.prosecdef AND has_function_privilege('public', p.oid, 'EXECUTE')
    AND p.oid NOT IN ('smartconnector.unchanged(text, jsonb)'::regprocedure,
                      'smartconnector.set_user_email(text, name)'::regprocedure);
+-- every entry point is a SECURITY INVOKER sc_entry whose implementation is
+-- SECURITY DEFINER, pinned, and executable only by the extension's owner
+SELECT p.proname, p.prosecdef AS entry_definer, i.prosecdef AS impl_definer,
+       i.proconfig AS impl_config,
+       has_function_privilege('smartconnector_admin', i.oid, 'EXECUTE') AS impl_executable_by_admins
+  FROM pg_proc p
+  JOIN pg_proc i ON i.proname = p.proname || '_impl' AND i.pronamespace = p.pronamespace
+                AND i.proargtypes = p.proargtypes
+ WHERE p.pronamespace = 'smartconnector'::regnamespace AND p.prosrc = 'sc_entry'
+ ORDER BY 1;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants
  WHERE table_schema = 'smartconnector' AND grantee = 'PUBLIC';

@@ -10,7 +10,7 @@ SELECT smartconnector.create_connector('Orders sync', 'orders') > 0 AS created;
 SELECT name, api_name, description, status, max_concurrent_executions,
        notification_email, error_notification_email, execution_ended_webhook_url,
        webhook_secret, webhook_headers, diff_check, handler,
-       run_as = current_user::regrole AS runs_as_creator
+       run_as = current_user AS runs_as_creator
   FROM smartconnector.connector;
 
 -- plain INSERT goes through the same rules
@@ -187,7 +187,8 @@ SELECT api_name, handler FROM smartconnector.connector WHERE handler IS NOT NULL
 SELECT smartconnector.set_status('orders', 'inactive');
 DROP FUNCTION public.sync_orders(jsonb);
 SELECT smartconnector.set_status('orders', 'operational');
-SELECT smartconnector.handler_problem(handler, run_as) FROM smartconnector.connector WHERE api_name = 'orders';
+SELECT smartconnector.binding_problem(handler, handler_oid, run_as, run_as_oid, bound_in)
+  FROM smartconnector.connector WHERE api_name = 'orders';
 -- a NULL handler means an external runner, and is valid
 UPDATE smartconnector.connector SET handler = NULL WHERE api_name = 'orders';
 SELECT smartconnector.set_status('orders', 'operational');

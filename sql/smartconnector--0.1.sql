@@ -97,6 +97,14 @@ RETURNS name
 LANGUAGE C STRICT STABLE PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'calling_role';
 
+/*
+ * The public entry point of a privileged function: a SECURITY INVOKER C
+ * function that records its caller as the acting role and calls the
+ * SECURITY DEFINER implementation of the same arguments named <name>_impl
+ * (src/identity.c).  Entry points are declared next to their
+ * implementations below.
+ */
+
 CREATE FUNCTION smartconnector.caller_trigger_type()
 RETURNS text
 LANGUAGE C STRICT STABLE PARALLEL RESTRICTED
@@ -104,7 +112,7 @@ AS 'MODULE_PATHNAME', 'caller_trigger_type';
 COMMENT ON FUNCTION smartconnector.caller_trigger_type() IS
 	'How trigger() was reached: schedule (a pg_cron job), manual (psql) or api';
 COMMENT ON FUNCTION smartconnector.calling_role() IS
-	'The role that called (login or SET ROLE), unaffected by SECURITY DEFINER functions';
+	'The acting role: the current user of the code that called smartconnector (what audit and privilege checks use)';
 
 /* ------------------------------------------------------------------------
  * Settings catalog
@@ -128,8 +136,11 @@ CREATE TABLE smartconnector.connector (
 	webhook_secret text,
 	webhook_headers jsonb,
 	diff_check boolean NOT NULL DEFAULT false,
-	handler regprocedure,
-	run_as regrole NOT NULL,
+	handler text,
+	run_as name NOT NULL,
+	handler_oid oid,
+	run_as_oid oid,
+	bound_in bigint,
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	CONSTRAINT connector_api_name_key UNIQUE (api_name),
@@ -168,9 +179,15 @@ COMMENT ON COLUMN smartconnector.connector.webhook_headers IS
 COMMENT ON COLUMN smartconnector.connector.diff_check IS
 	'Skip records unchanged since the last successful run';
 COMMENT ON COLUMN smartconnector.connector.handler IS
-	'Routine run inside the database, taking one jsonb context; NULL means an external runner claims executions';
+	'Routine run inside the database, taking one jsonb context, as its qualified signature; NULL means an external runner claims executions';
 COMMENT ON COLUMN smartconnector.connector.run_as IS
-	'Role the handler runs as; whoever sets handler or run_as must be a member of it';
+	'Role the handler runs as (a role that can log in); whoever sets handler or run_as must be a member of it, and the handler''s owner must have its privileges';
+COMMENT ON COLUMN smartconnector.connector.handler_oid IS
+	'Maintained by smartconnector: the routine handler named when it was set; the handler runs only while that routine still has that name';
+COMMENT ON COLUMN smartconnector.connector.run_as_oid IS
+	'Maintained by smartconnector: the role run_as named when it was set';
+COMMENT ON COLUMN smartconnector.connector.bound_in IS
+	'Maintained by smartconnector: the system identifier of the cluster that bound handler_oid and run_as_oid (another after pg_upgrade; then bound again by name)';
 
 /*
  * Old api_names kept by change_api_name(), so callers and schedules that
@@ -213,17 +230,43 @@ COMMENT ON TABLE smartconnector.settings_history IS
  * ------------------------------------------------------------------------ */
 
 /*
- * Why a connector with this handler and run_as cannot execute, or NULL.
- * Used when a handler is set and when a connector is activated, since the
- * routine or role may have been dropped or altered since.
+ * Why a connector's handler cannot run now, or NULL (src/binding.c): the
+ * bound routine and role must still exist under their configured names,
+ * the role must be able to log in and execute the routine, and the
+ * routine's owner must have the privileges of the role.  Used when a
+ * handler is set, when a connector is activated, by describe() and by the
+ * executor before every run.
  */
-CREATE FUNCTION smartconnector.handler_problem(handler regprocedure, run_as regrole)
+CREATE FUNCTION smartconnector.binding_problem(handler text, handler_oid oid, run_as name,
+											   run_as_oid oid, bound_in bigint)
 RETURNS text
 LANGUAGE C STABLE
-SET search_path = pg_catalog, pg_temp	-- routine names in messages: qualified unless in pg_catalog
-AS 'MODULE_PATHNAME', 'handler_problem';
-COMMENT ON FUNCTION smartconnector.handler_problem(regprocedure, regrole) IS
-	'Why a connector with this handler and run_as role could not execute, or NULL when it can';
+SET search_path = pg_catalog, pg_temp	-- a binding from another cluster resolves its qualified names
+AS 'MODULE_PATHNAME', 'binding_problem';
+COMMENT ON FUNCTION smartconnector.binding_problem(text, oid, name, oid, bigint) IS
+	'Why a connector''s handler could not run now, or NULL when it can (or when it has none)';
+
+CREATE FUNCTION smartconnector.system_identifier()
+RETURNS bigint
+LANGUAGE C STRICT STABLE
+AS 'MODULE_PATHNAME', 'system_identifier';
+COMMENT ON FUNCTION smartconnector.system_identifier() IS
+	'This cluster''s system identifier, the value of bound_in for bindings made here';
+
+/*
+ * BEFORE INSERT OR UPDATE, first of the triggers: resolve handler and
+ * run_as in the caller's search_path, store the handler's canonical
+ * signature and bind both to their OIDs in this cluster (src/binding.c).
+ * SECURITY INVOKER: it only reads the catalogs, as the caller.
+ */
+CREATE FUNCTION smartconnector.connector_bind()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connector_bind';
+
+CREATE TRIGGER connector_bind
+	BEFORE INSERT OR UPDATE ON smartconnector.connector
+	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_bind();
 
 /* Hide secrets in audit rows: the secret entirely, header values but not names. */
 CREATE FUNCTION smartconnector.masked_value(column_name text, value jsonb)
@@ -256,7 +299,7 @@ $$;
  * act on.  Values are validated when they are set or changed, so that an
  * operator changing status is never blocked by an older value.
  */
-CREATE FUNCTION smartconnector.connector_validate()
+CREATE FUNCTION smartconnector.connector_validate_impl()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -266,6 +309,11 @@ DECLARE
 	caller name := smartconnector.calling_role();
 	internal text := pg_catalog.current_setting('smartconnector.internal_change', true);
 	is_insert boolean := (TG_OP = 'INSERT');
+	/* a superuser restoring a dump, or the launcher binding a connector from another cluster */
+	restoring boolean := (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = caller)
+		AND (pg_catalog.current_setting('check_function_bodies') = 'off' OR internal = 'rebind');
+	rebound boolean := is_insert OR NEW.handler_oid IS DISTINCT FROM OLD.handler_oid
+		OR NEW.run_as_oid IS DISTINCT FROM OLD.run_as_oid;
 	problem text;
 	other text;
 BEGIN
@@ -354,33 +402,34 @@ BEGIN
 		PERFORM smartconnector.check_webhook_headers(NEW.webhook_headers);
 	END IF;
 
-	/* handler and run_as: no privilege escalation through the handler */
-	IF is_insert AND NEW.run_as IS NULL THEN
-		NEW.run_as := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = caller)::regrole;
-	END IF;
+	/*
+	 * handler and run_as: no privilege escalation through the handler.
+	 * connector_bind has resolved and bound them; a binding that changed
+	 * (set, or bound again) is checked as if it were set now.
+	 */
 	IF NEW.run_as IS NULL THEN
 		RAISE EXCEPTION 'run_as must not be NULL'
 			USING ERRCODE = 'not_null_violation',
 				  HINT = 'Name the role the handler runs as.';
 	END IF;
-	IF is_insert OR NEW.run_as IS DISTINCT FROM OLD.run_as
-	   OR NEW.handler IS DISTINCT FROM OLD.handler THEN
-		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE oid = NEW.run_as) THEN
-			RAISE EXCEPTION 'role with OID % does not exist', NEW.run_as::oid
-				USING ERRCODE = 'undefined_object';
-		END IF;
-		IF NOT pg_catalog.pg_has_role(caller, NEW.run_as, 'MEMBER') THEN
+	IF rebound OR NEW.run_as IS DISTINCT FROM OLD.run_as OR NEW.handler IS DISTINCT FROM OLD.handler THEN
+		IF NEW.run_as_oid IS NOT NULL AND NOT pg_catalog.pg_has_role(caller, NEW.run_as_oid, 'MEMBER') THEN
 			RAISE EXCEPTION 'permission denied to run connector handlers as role "%"', NEW.run_as
 				USING ERRCODE = 'insufficient_privilege',
 					  DETAIL = format('Only members of role "%s" may set a handler or run_as that runs as it.', NEW.run_as);
 		END IF;
 		IF NEW.handler IS NOT NULL THEN
-			problem := smartconnector.handler_problem(NEW.handler, NEW.run_as);
-			IF problem IS NOT NULL THEN
+			problem := smartconnector.binding_problem(NEW.handler, NEW.handler_oid, NEW.run_as,
+													  NEW.run_as_oid, NEW.bound_in);
+			IF problem IS NOT NULL AND restoring THEN
+				RAISE WARNING 'connector "%" cannot execute', NEW.api_name
+					USING DETAIL = problem,
+						  HINT = 'It is kept as it is; set its handler or run_as again once the routine and role exist.';
+			ELSIF problem IS NOT NULL THEN
 				RAISE EXCEPTION 'invalid handler for connector "%"', NEW.api_name
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = problem,
-						  HINT = 'A handler takes one jsonb argument and returns void or jsonb.';
+						  HINT = 'A handler takes one jsonb argument and returns void or jsonb, and runs as a role that can log in.';
 			END IF;
 		END IF;
 	END IF;
@@ -407,8 +456,10 @@ BEGIN
 					  HINT = 'Set status "operational" or "inactive".';
 		END IF;
 	END IF;
-	IF NEW.status = 'operational' AND (is_insert OR OLD.status IS DISTINCT FROM 'operational') THEN
-		problem := smartconnector.handler_problem(NEW.handler, NEW.run_as);
+	IF NEW.status = 'operational' AND (is_insert OR OLD.status IS DISTINCT FROM 'operational')
+	   AND NOT restoring THEN
+		problem := smartconnector.binding_problem(NEW.handler, NEW.handler_oid, NEW.run_as,
+												  NEW.run_as_oid, NEW.bound_in);
 		IF problem IS NOT NULL THEN
 			RAISE EXCEPTION 'connector "%" cannot be made operational', NEW.api_name
 				USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -420,16 +471,16 @@ BEGIN
 	IF NOT is_insert THEN
 		NEW.created_at := OLD.created_at;
 		NEW.updated_at := pg_catalog.now();
-		/* admissions of this connector wait for a status, limit or handler change, and it for them */
+		/*
+		 * Admissions of this connector wait for a status, limit, handler or
+		 * run_as change, and it for them; such a change may let queued
+		 * executions start.
+		 */
 		IF NEW.status IS DISTINCT FROM OLD.status
 		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions
-		   OR NEW.handler IS DISTINCT FROM OLD.handler THEN
+		   OR NEW.handler IS DISTINCT FROM OLD.handler OR NEW.run_as IS DISTINCT FROM OLD.run_as
+		   OR rebound THEN
 			PERFORM smartconnector.lock_admissions(NEW.id);
-		END IF;
-		/* a status or limit change may let queued executions start */
-		IF NEW.status IS DISTINCT FROM OLD.status
-		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions
-		   OR NEW.handler IS DISTINCT FROM OLD.handler THEN
 			PERFORM smartconnector.wake_at_commit();
 		END IF;
 	END IF;
@@ -437,12 +488,17 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION smartconnector.connector_validate()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'sc_entry';
+
 CREATE TRIGGER connector_validate
 	BEFORE INSERT OR UPDATE ON smartconnector.connector
 	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_validate();
 
 /* AFTER each change: one audit row per changed column. */
-CREATE FUNCTION smartconnector.connector_audit()
+CREATE FUNCTION smartconnector.connector_audit_impl()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -456,24 +512,26 @@ BEGIN
 	/*
 	 * A superuser restoring a pg_dump (which always runs with
 	 * check_function_bodies off) replays rows whose history the dump
-	 * carries already; auditing them again would duplicate it.
+	 * carries already; auditing them again would duplicate it.  The acting
+	 * role cannot be borrowed, so only a superuser's own code gets here.
 	 */
 	IF pg_catalog.current_setting('check_function_bodies') = 'off'
 	   AND (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = who) THEN
 		RETURN NULL;
 	END IF;
 
+	/* the bindings are bookkeeping of handler and run_as, not settings */
 	IF TG_OP = 'INSERT' THEN
 		INSERT INTO smartconnector.settings_history
 			(connector_id, api_name, changed_by, action, new_value)
 		VALUES (NEW.id, NEW.api_name, who, 'insert',
-				smartconnector.masked_row(to_jsonb(NEW))::text);
+				smartconnector.masked_row(to_jsonb(NEW) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
 		RETURN NULL;
 	ELSIF TG_OP = 'DELETE' THEN
 		INSERT INTO smartconnector.settings_history
 			(connector_id, api_name, changed_by, action, old_value)
 		VALUES (OLD.id, OLD.api_name, who, 'delete',
-				smartconnector.masked_row(to_jsonb(OLD))::text);
+				smartconnector.masked_row(to_jsonb(OLD) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
 		RETURN NULL;
 	END IF;
 
@@ -485,12 +543,17 @@ BEGIN
 		   smartconnector.masked_value(k.key, o -> k.key) #>> '{}',
 		   smartconnector.masked_value(k.key, n -> k.key) #>> '{}'
 	  FROM jsonb_object_keys(n) AS k(key)
-	 WHERE k.key NOT IN ('updated_at')
+	 WHERE k.key NOT IN ('updated_at', 'handler_oid', 'run_as_oid', 'bound_in')
 	   AND (o -> k.key) IS DISTINCT FROM (n -> k.key)
 	 ORDER BY k.key;
 	RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION smartconnector.connector_audit()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'sc_entry';
 
 CREATE TRIGGER connector_audit
 	AFTER INSERT OR UPDATE OR DELETE ON smartconnector.connector
@@ -598,7 +661,7 @@ COMMENT ON FUNCTION smartconnector.set_max_concurrent_executions(text, integer) 
  * that keeps resolving (with a warning) until drop_api_name_alias().
  * Renaming back to one of the connector's own aliases drops that alias.
  */
-CREATE FUNCTION smartconnector.change_api_name(old_api_name text, new_api_name text)
+CREATE FUNCTION smartconnector.change_api_name_impl(old_api_name text, new_api_name text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -655,6 +718,10 @@ BEGIN
 							  old_api_name, old_api_name);
 END
 $$;
+CREATE FUNCTION smartconnector.change_api_name(old_api_name text, new_api_name text)
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.change_api_name(text, text) IS
 	'Rename a connector''s api_name deliberately, keeping the old name as an alias (admins)';
 
@@ -704,9 +771,11 @@ AS $$
 		'webhook_header_names', coalesce((SELECT jsonb_agg(k ORDER BY k)
 											FROM jsonb_object_keys(c.webhook_headers) AS k), '[]'::jsonb),
 		'diff_check', c.diff_check,
-		'handler', c.handler::text,
+		'handler', c.handler,
 		'runner', CASE WHEN c.handler IS NULL THEN 'external' ELSE 'database' END,
-		'run_as', c.run_as::text,
+		'run_as', c.run_as,
+		'problem', smartconnector.binding_problem(c.handler, c.handler_oid, c.run_as,
+												  c.run_as_oid, c.bound_in),
 		'created_at', c.created_at,
 		'updated_at', c.updated_at)
 	  FROM smartconnector.connector c
@@ -809,9 +878,6 @@ COMMENT ON TABLE smartconnector.record_hash IS
 
 /* ---- internals (C) ---- */
 
-CREATE FUNCTION smartconnector.hold_execution_lock(execution_id bigint)
-RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'hold_execution_lock';
 CREATE FUNCTION smartconnector.lock_admissions(connector_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'lock_admissions';
@@ -820,7 +886,7 @@ CREATE FUNCTION smartconnector.runner_alive(execution_id bigint)
 RETURNS boolean LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'runner_alive';
 COMMENT ON FUNCTION smartconnector.runner_alive(bigint) IS
-	'Whether some session still holds the advisory lock of a running execution';
+	'Whether a live backend runs an execution (its progress slot in shared memory names it)';
 
 CREATE FUNCTION smartconnector.wake_at_commit()
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
@@ -956,9 +1022,9 @@ $$;
  * id at once.  A connector that may not execute still queues; nothing is
  * admitted until its status is executable again.
  */
-CREATE FUNCTION smartconnector.trigger(api_name text, input jsonb DEFAULT '{}',
-									   disable_diff_check boolean DEFAULT false,
-									   dry_run boolean DEFAULT false)
+CREATE FUNCTION smartconnector.trigger_impl(api_name text, input jsonb,
+									   disable_diff_check boolean,
+									   dry_run boolean)
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SECURITY DEFINER
@@ -967,13 +1033,19 @@ AS $$
 	SELECT smartconnector.enqueue(smartconnector.connector_id($1), $2, $3, $4,
 		smartconnector.caller_trigger_type(), smartconnector.calling_role())
 $$;
+CREATE FUNCTION smartconnector.trigger(api_name text, input jsonb DEFAULT '{}',
+									   disable_diff_check boolean DEFAULT false,
+									   dry_run boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
 	'Queue an execution and return its id at once (trigger_type: schedule from a pg_cron job, manual from psql, api otherwise)';
 
 /*
  * Admit the oldest queued execution of one connector if its status and
- * limit allow: mark it running and take its session lock; NULL if nothing
- * may start.  The connector's admission lock serialises its admissions
+ * limit allow: mark it running and make this session its runner; NULL if
+ * nothing may start.  The connector's admission lock serialises its admissions
  * (and status and limit changes), so the count of running executions cannot
  * go stale before the admission commits (src/lifecycle.c).
  */
@@ -983,18 +1055,6 @@ LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'admit';
-
-/*
- * For executor workers: admit the next admissible execution of any
- * connector with a handler, oldest queued first, as admit() does for one
- * connector (src/lifecycle.c, with kept plans).
- */
-CREATE FUNCTION smartconnector.admit_next()
-RETURNS bigint
-LANGUAGE C VOLATILE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'admit_next';
 
 /*
  * Everything that follows the end of an execution, in the transaction that
@@ -1027,11 +1087,10 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'complete_execution';
 
 /*
- * One launcher pass: fail running executions whose runner is gone (its lock
- * is free), then count the running ones and those that may start now.
+ * One launcher pass: fail running executions whose runner is gone (no live
+ * backend's progress slot names them), and count the running ones.
  */
-CREATE FUNCTION smartconnector.launcher_pass(max_workers integer,
-											 OUT running integer, OUT admissible integer)
+CREATE FUNCTION smartconnector.launcher_pass(OUT running integer)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1053,22 +1112,7 @@ BEGIN
 				NULL, NULL);
 		END IF;
 	END LOOP;
-
 	SELECT count(*) INTO running FROM smartconnector.execution WHERE state = 'running';
-	SELECT coalesce(sum(LEAST(GREATEST(c.max_concurrent_executions - run.n, 0), q.n)), 0)
-	  INTO admissible
-	  FROM smartconnector.connector c
-	 CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e
-						  WHERE e.connector_id = c.id AND e.state = 'running') run
-	 /* in key order, so that the probe stays on the queue's primary key even
-		when one connector's backlog dominates the statistics */
-	 CROSS JOIN LATERAL (SELECT count(*) AS n
-						   FROM (SELECT 1 FROM smartconnector.queue e
-								  WHERE e.connector_id = c.id
-								  ORDER BY e.execution_id
-								  LIMIT max_workers) s) q
-	 WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention');
-	admissible := LEAST(admissible, max_workers);
 END
 $$;
 
@@ -1164,7 +1208,7 @@ COMMENT ON FUNCTION smartconnector.finish(bigint, text, jsonb) IS
  * is interrupted and ends cancelled (what its runner committed stays).
  * Returns false when it had already ended.
  */
-CREATE FUNCTION smartconnector.cancel(execution_id bigint)
+CREATE FUNCTION smartconnector.cancel_impl(execution_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -1175,7 +1219,7 @@ DECLARE
 	cid bigint;
 	who jsonb := jsonb_build_object('cancelled_by', smartconnector.calling_role());
 BEGIN
-	SELECT x.connector_id INTO cid FROM smartconnector.execution x WHERE x.id = cancel.execution_id;
+	SELECT x.connector_id INTO cid FROM smartconnector.execution x WHERE x.id = cancel_impl.execution_id;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'execution % does not exist', execution_id
 			USING ERRCODE = 'undefined_object';
@@ -1187,12 +1231,12 @@ BEGIN
 	 * there first, the execution is running by the time we look again.
 	 */
 	DELETE FROM smartconnector.queue q
-	 WHERE q.connector_id = cid AND q.execution_id = cancel.execution_id;
+	 WHERE q.connector_id = cid AND q.execution_id = cancel_impl.execution_id;
 	IF FOUND THEN
 		UPDATE smartconnector.execution x
 		   SET state = 'cancelled', ended_at = pg_catalog.clock_timestamp(),
 			   cancel_requested = true, metadata = x.metadata || who
-		 WHERE x.id = cancel.execution_id;
+		 WHERE x.id = cancel_impl.execution_id;
 		PERFORM smartconnector.execution_ended(execution_id);
 		RETURN true;
 	END IF;
@@ -1203,12 +1247,12 @@ BEGIN
 	  FROM smartconnector.execution x
 	  JOIN smartconnector.connector c ON c.id = x.connector_id
 	  LEFT JOIN smartconnector.progress() p ON p.execution_id = x.id
-	 WHERE x.id = cancel.execution_id
+	 WHERE x.id = cancel_impl.execution_id
 	   FOR UPDATE OF x;
 	IF e.state = 'running' THEN
 		UPDATE smartconnector.execution x
 		   SET cancel_requested = true, metadata = x.metadata || who
-		 WHERE x.id = cancel.execution_id;
+		 WHERE x.id = cancel_impl.execution_id;
 		IF e.external THEN
 			/* an external program cannot be made to stop: the slot is freed now */
 			PERFORM smartconnector.complete_execution(execution_id,
@@ -1223,6 +1267,10 @@ BEGIN
 	RETURN false;
 END
 $$;
+CREATE FUNCTION smartconnector.cancel(execution_id bigint)
+RETURNS boolean
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.cancel(bigint) IS
 	'Cancel a queued or running execution; returns false if it had already ended';
 
@@ -1493,7 +1541,7 @@ COMMENT ON FUNCTION smartconnector.retention_cutoff() IS
 	'now() minus smartconnector.history_retention, or NULL when history is kept forever';
 
 /* The job that pg_cron runs for a schedule: queue one execution. */
-CREATE FUNCTION smartconnector.trigger_scheduled(connector_id bigint)
+CREATE FUNCTION smartconnector.trigger_scheduled_impl(connector_id bigint)
 RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SECURITY DEFINER
@@ -1501,6 +1549,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT smartconnector.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
 $$;
+CREATE FUNCTION smartconnector.trigger_scheduled(connector_id bigint)
+RETURNS bigint
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.trigger_scheduled(bigint) IS
 	'What a smartconnector schedule runs: queue an execution with trigger_type schedule';
 
@@ -1525,7 +1577,7 @@ $$;
  * the caller, who is then the initiator of the scheduled executions.  A
  * new schedule replaces the connector's previous one.  Returns the job id.
  */
-CREATE FUNCTION smartconnector.schedule(api_name text, cron text)
+CREATE FUNCTION smartconnector.schedule_impl(api_name text, cron text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -1547,6 +1599,10 @@ BEGIN
 		pg_catalog.current_database(), smartconnector.calling_role()::text, true);
 END
 $$;
+CREATE FUNCTION smartconnector.schedule(api_name text, cron text)
+RETURNS bigint
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.schedule(text, text) IS
 	'Run a connector on a cron schedule (through pg_cron), as the calling role; replaces its previous schedule';
 
@@ -1644,8 +1700,8 @@ COMMENT ON TABLE smartconnector.chain IS
  * on_status.  Cycles are refused.  Chaining the same pair again replaces
  * its statuses.
  */
-CREATE FUNCTION smartconnector.chain(from_api_name text, to_api_name text,
-									 on_status text[] DEFAULT ARRAY['success'])
+CREATE FUNCTION smartconnector.chain_impl(from_api_name text, to_api_name text,
+									 on_status text[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
@@ -1691,6 +1747,11 @@ BEGIN
 	DO UPDATE SET on_status = excluded.on_status, created_by = excluded.created_by;
 END
 $$;
+CREATE FUNCTION smartconnector.chain(from_api_name text, to_api_name text,
+									 on_status text[] DEFAULT ARRAY['success'])
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.chain(text, text, text[]) IS
 	'Trigger a connector when another''s execution ends in one of the given states (default success); no cycles';
 
@@ -1758,7 +1819,7 @@ COMMENT ON VIEW smartconnector.recent_executions IS
 	'Executions, newest first, with waiting time, duration and record counts (add LIMIT)';
 
 /* Set (or with NULL remove) a role's email; your own, or anyone's as an admin. */
-CREATE FUNCTION smartconnector.set_user_email(email text, role_name name DEFAULT NULL)
+CREATE FUNCTION smartconnector.set_user_email_impl(email text, role_name name)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
@@ -1767,7 +1828,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
 	caller name := smartconnector.calling_role();
-	target name := coalesce(set_user_email.role_name, caller);
+	target name := coalesce(set_user_email_impl.role_name, caller);
 BEGIN
 	IF target <> caller AND NOT pg_catalog.pg_has_role(caller, 'smartconnector_admin', 'MEMBER') THEN
 		RAISE EXCEPTION 'permission denied to set the email of role "%"', target
@@ -1785,6 +1846,10 @@ BEGIN
 	END IF;
 END
 $$;
+CREATE FUNCTION smartconnector.set_user_email(email text, role_name name DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.set_user_email(text, name) IS
 	'Set or (with NULL) remove the email address a role is notified at';
 
@@ -1841,9 +1906,9 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.check_webhook_secret(text),
 	smartconnector.check_webhook_headers(jsonb),
 	smartconnector.generate_webhook_secret(),
-	smartconnector.calling_role(),
 	smartconnector.caller_trigger_type(),
-	smartconnector.handler_problem(regprocedure, regrole),
+	smartconnector.binding_problem(text, oid, name, oid, bigint),
+	smartconnector.system_identifier(),
 	smartconnector.masked_value(text, jsonb),
 	smartconnector.masked_row(jsonb)
 	TO smartconnector_viewer;
@@ -1853,13 +1918,14 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.record(text, text, text),
 	smartconnector.lock_record(text),
 	smartconnector.unchanged(text, jsonb),
-	smartconnector.current_execution()
+	smartconnector.current_execution(),
+	smartconnector.calling_role()
 	TO PUBLIC;
 
 /* viewers: every setting except the secrets */
 GRANT SELECT (id, name, api_name, description, status, max_concurrent_executions,
 			  notification_email, error_notification_email, execution_ended_webhook_url,
-			  diff_check, handler, run_as, created_at, updated_at)
+			  diff_check, handler, run_as, handler_oid, run_as_oid, bound_in, created_at, updated_at)
 	ON smartconnector.connector TO smartconnector_viewer;
 GRANT SELECT ON smartconnector.api_name_alias, smartconnector.settings_history
 	TO smartconnector_viewer;

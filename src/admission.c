@@ -1,21 +1,21 @@
 /*-------------------------------------------------------------------------
  *
  * admission.c
- *		Advisory locks that mark running executions, and the actions that
- *		must happen exactly when a transaction commits or aborts.
+ *		The per-connector admission lock, and the actions that must happen
+ *		exactly when a transaction commits or aborts.
  *
- * An admitted execution is held by a session-level advisory lock in our own
- * lock space (SC_LOCKSPACE_EXECUTION) for as long as it runs.  Whoever can
- * take the lock knows the runner is gone: that is how dead runners are
- * found (runner_alive) after a disconnect, a crash or a restart.
+ * Admission of a connector's executions serialises on a transaction-level
+ * advisory lock in our own lock space (SC_LOCKSPACE_ADMISSION), which
+ * status, limit, handler and run_as changes take too.  A running
+ * execution's liveness is not a lock but its runner's progress slot in
+ * shared memory (shmem.c), which no SQL function can release.
  *
- * Session locks survive transaction abort, so every lock taken inside a
- * transaction is remembered and released again if that transaction (or the
- * subtransaction it was taken in) aborts; likewise a lock is released only
- * after the transaction that ended its execution has committed, so there is
- * never a moment when an execution is "running" without its lock.  The same
- * machinery wakes the launcher at commit (never before the rows it should
- * see are visible) and signals runners of cancelled executions.
+ * The actions tied to transaction end: a session's current execution is
+ * forgotten when the transaction that admitted it (claim()) aborts, or the
+ * one that ended it (finish()) commits, so there is never a moment when an
+ * execution is "running" without a live runner; the launcher is woken at
+ * commit (never before the rows it should see are visible); runners of
+ * cancelled executions are signalled.
  *
  * The transaction callbacks are registered once per backend, the first time
  * they are needed, and never again.
@@ -35,7 +35,6 @@
 
 #include "smartconnector.h"
 
-PG_FUNCTION_INFO_V1(hold_execution_lock);
 PG_FUNCTION_INFO_V1(lock_admissions);
 PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
@@ -44,8 +43,6 @@ PG_FUNCTION_INFO_V1(signal_runner_at_commit);
 
 typedef enum PendingKind
 {
-	PENDING_RELEASE_ON_ABORT,	/* lock taken in this transaction */
-	PENDING_RELEASE_AT_COMMIT,	/* execution ended in this transaction */
 	PENDING_SIGNAL_AT_COMMIT,	/* execution cancelled in this transaction */
 	PENDING_CLEAR_CURRENT_AT_COMMIT,	/* this session's execution ended */
 	PENDING_FORGET_CURRENT_ON_ABORT /* this session's execution began */
@@ -65,22 +62,9 @@ static bool callbacks_registered = false;
 
 static void register_callbacks(void);
 static void remember(PendingKind kind, int64 execution_id);
-static void release_session_lock(int64 execution_id);
 static void xact_callback(XactEvent event, void *arg);
 static void subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 							 SubTransactionId parentSubid, void *arg);
-
-/*
- * The lock tag of an execution: our own advisory lock space, keyed by id.
- */
-void
-sc_execution_locktag(LOCKTAG *tag, int64 execution_id)
-{
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
-						 (uint32) ((uint64) execution_id >> 32),
-						 (uint32) execution_id,
-						 SC_LOCKSPACE_EXECUTION);
-}
 
 /*
  * Our transaction callbacks, registered once per process on first use.
@@ -112,18 +96,6 @@ remember(PendingKind kind, int64 execution_id)
 	action->nest_level = GetCurrentTransactionNestLevel();
 	pending_actions = lappend(pending_actions, action);
 	MemoryContextSwitchTo(old);
-}
-
-/*
- * Release the session lock of an execution; quietly if we do not hold it.
- */
-static void
-release_session_lock(int64 execution_id)
-{
-	LOCKTAG		tag;
-
-	sc_execution_locktag(&tag, execution_id);
-	LockRelease(&tag, ExclusiveLock, true);
 }
 
 /*
@@ -199,34 +171,6 @@ sc_unlock_admissions(int64 connector_id)
 }
 
 /*
- * Take the session lock of an execution this backend is admitting.  It is
- * released again if the admitting transaction aborts.
- */
-void
-sc_hold_execution_lock(int64 execution_id)
-{
-	LOCKTAG		tag;
-
-	sc_execution_locktag(&tag, execution_id);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("execution %lld is already held by another runner",
-						(long long) execution_id)));
-	remember(PENDING_RELEASE_ON_ABORT, execution_id);
-}
-
-/*
- * Release the session lock of an execution once the transaction that ended
- * it has committed.
- */
-void
-sc_release_execution_lock_at_commit(int64 execution_id)
-{
-	remember(PENDING_RELEASE_AT_COMMIT, execution_id);
-}
-
-/*
  * Wake the launcher when the current transaction commits.
  */
 void
@@ -285,14 +229,6 @@ run_pending(bool commit, int level)
 		}
 		switch (action->kind)
 		{
-			case PENDING_RELEASE_ON_ABORT:
-				if (!commit)
-					release_session_lock(action->execution_id);
-				break;
-			case PENDING_RELEASE_AT_COMMIT:
-				if (commit)
-					release_session_lock(action->execution_id);
-				break;
 			case PENDING_SIGNAL_AT_COMMIT:
 				if (commit)
 					sc_signal_runner(action->execution_id);
@@ -374,18 +310,8 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 }
 
 /*
- * hold_execution_lock(execution_id bigint) returns void
- */
-Datum
-hold_execution_lock(PG_FUNCTION_ARGS)
-{
-	sc_hold_execution_lock(PG_GETARG_INT64(0));
-	PG_RETURN_VOID();
-}
-
-/*
  * lock_admissions(connector_id bigint) returns void: for the settings
- * trigger, when a connector's status or limit changes.
+ * trigger, when a connector's status, limit, handler or run_as changes.
  */
 Datum
 lock_admissions(PG_FUNCTION_ARGS)
@@ -395,24 +321,13 @@ lock_admissions(PG_FUNCTION_ARGS)
 }
 
 /*
- * runner_alive(execution_id bigint) returns boolean
- *
- * Whether some session (possibly this one) holds the execution's lock.  We
- * try to take it without waiting; if we can, nobody runs it any more.
+ * runner_alive(execution_id bigint) returns boolean: whether a live
+ * backend runs it (shmem.c).
  */
 Datum
 runner_alive(PG_FUNCTION_ARGS)
 {
-	LOCKTAG		tag;
-	LockAcquireResult res;
-
-	sc_execution_locktag(&tag, PG_GETARG_INT64(0));
-	res = LockAcquire(&tag, ExclusiveLock, false, true);
-	if (res == LOCKACQUIRE_NOT_AVAIL)
-		PG_RETURN_BOOL(true);
-	LockRelease(&tag, ExclusiveLock, false);
-	/* ALREADY_HELD: this very session runs it */
-	PG_RETURN_BOOL(res != LOCKACQUIRE_OK);
+	PG_RETURN_BOOL(sc_runner_alive(PG_GETARG_INT64(0)));
 }
 
 /*

@@ -3,7 +3,7 @@
  * catalog.c
  *		SQL-callable helpers behind the settings catalog: validators for
  *		email addresses, Standard Webhooks secrets and extra webhook
- *		headers, secret generation, and the identity of the calling role.
+ *		headers, secret generation, and how trigger() was reached.
  *
  * The validators are called by the BEFORE trigger on
  * smartconnector.connector, so plain INSERT and UPDATE in psql get the same
@@ -38,9 +38,7 @@ PG_FUNCTION_INFO_V1(check_email);
 PG_FUNCTION_INFO_V1(check_webhook_secret);
 PG_FUNCTION_INFO_V1(check_webhook_headers);
 PG_FUNCTION_INFO_V1(generate_webhook_secret);
-PG_FUNCTION_INFO_V1(calling_role);
 PG_FUNCTION_INFO_V1(caller_trigger_type);
-PG_FUNCTION_INFO_V1(handler_problem);
 
 static const char *email_problem(const char *addr);
 static bool is_atext(unsigned char c);
@@ -374,21 +372,6 @@ check_webhook_headers(PG_FUNCTION_ARGS)
 }
 
 /*
- * calling_role() returns name
- *
- * The role that called us, as set by login or SET ROLE, unaffected by
- * SECURITY DEFINER functions on the way (which change only the current
- * user).  This is what "initiated_by" and "changed_by" record.
- */
-Datum
-calling_role(PG_FUNCTION_ARGS)
-{
-	char	   *name = GetUserNameFromId(GetOuterUserId(), false);
-
-	PG_RETURN_DATUM(DirectFunctionCall1(namein, CStringGetDatum(name)));
-}
-
-/*
  * caller_trigger_type() returns text: how trigger() was reached.
  *
  * "schedule" from a pg_cron job, whether pg_cron runs it in one of its
@@ -407,47 +390,4 @@ caller_trigger_type(PG_FUNCTION_ARGS)
 	else if (appname != NULL && strcmp(appname, "psql") == 0)
 		type = "manual";
 	PG_RETURN_TEXT_P(cstring_to_text(type));
-}
-
-/*
- * handler_problem(handler regprocedure, run_as regrole) returns text: why
- * this handler cannot run as this role now, or NULL.  The settings trigger
- * asks when a connector is set up or activated; the executor asks before
- * every run, because the routine or the role may have been dropped or the
- * privilege revoked since (it reads the catalog caches, so it is cheap).
- */
-Datum
-handler_problem(PG_FUNCTION_ARGS)
-{
-	Oid			handler = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
-	Oid			run_as = PG_ARGISNULL(1) ? InvalidOid : PG_GETARG_OID(1);
-	HeapTuple	tup;
-	Form_pg_proc proc;
-	char	   *problem = NULL;
-
-	if (OidIsValid(run_as) && !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(run_as)))
-		PG_RETURN_TEXT_P(cstring_to_text("The run_as role no longer exists (it was dropped after it was set)."));
-	if (!OidIsValid(handler))
-		PG_RETURN_NULL();
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
-	if (!HeapTupleIsValid(tup))
-		PG_RETURN_TEXT_P(cstring_to_text("The handler routine no longer exists (it was dropped after it was set)."));
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-
-	if (proc->prokind != PROKIND_FUNCTION && proc->prokind != PROKIND_PROCEDURE)
-		problem = psprintf("%s is not a function or procedure.", format_procedure(handler));
-	else if (proc->pronargs != 1 || proc->proargtypes.values[0] != JSONBOID)
-		problem = psprintf("%s must take exactly one argument, of type jsonb.",
-						   format_procedure(handler));
-	else if (proc->proretset || (proc->prorettype != VOIDOID && proc->prorettype != JSONBOID))
-		problem = psprintf("%s must return void or jsonb.", format_procedure(handler));
-	else if (OidIsValid(run_as) && pg_proc_aclcheck(handler, run_as, ACL_EXECUTE) != ACLCHECK_OK)
-		problem = psprintf("Role \"%s\" may not execute %s.",
-						   GetUserNameFromId(run_as, false), format_procedure(handler));
-	ReleaseSysCache(tup);
-
-	if (problem == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(problem));
 }

@@ -540,6 +540,8 @@ sc_dispatcher_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	if (IsBinaryUpgrade)
+		proc_exit(0);			/* pg_upgrade's servers deliver nothing */
 	BackgroundWorkerInitializeConnection(sc_database_name, NULL, 0);
 	pgstat_report_appname("smartconnector dispatcher");
 

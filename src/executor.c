@@ -1,36 +1,56 @@
 /*-------------------------------------------------------------------------
  *
  * executor.c
- *		Executor background workers: long-lived processes that admit the
- *		next execution of a connector with a handler, run the handler as
- *		the connector's run_as role, and record the outcome.
+ *		Executor background workers: long-lived sessions, each of one role,
+ *		that admit the next execution of a connector running as that role,
+ *		run its handler, and record the outcome.
  *
- * The launcher starts executors on demand (up to smartconnector.max_workers)
- * and sets their latches when work arrives.  An executor keeps its database
- * connection across executions and exits after
- * smartconnector.executor_idle_timeout without work.
+ * Handlers are untrusted code with exactly the rights of their run_as role,
+ * and the design gets that by construction:
+ *  - An executor connects as its role (the launcher starts one pool per
+ *    role, launcher.c), so the session user, the current user, the acting
+ *    role of everything the handler calls, the role's own settings
+ *    (ALTER ROLE ... SET) and everything the handler leaves to fire at
+ *    commit (deferred triggers, held cursors) are that role's.  Nothing
+ *    superuser is left in the session to regain.
+ *  - The bookkeeping (admission, loading an execution, recording its end)
+ *    runs in privileged sections (worker.c): the bootstrap superuser, as a
+ *    security-restricted operation, with our settings pinned.  They run no
+ *    user-defined code, and the role's identity is back before anything of
+ *    the handler's can fire: the handler's transaction commits as the role.
+ *  - Before each admission the session is reset as DISCARD ALL resets one
+ *    (discard_session()), so nothing of one run reaches the next.
+ *  - The handler is called by OID, and only if the connector's binding
+ *    still holds (binding.c): the routine configured, under its configured
+ *    name, whose owner has the privileges of run_as.
+ *  - The execution's liveness is this backend's progress slot (shmem.c),
+ *    which no SQL function can release.
  *
  * Transactions per execution: one to admit (ends with the execution
- * "running" and its session lock held), one to run the handler and record
- * the outcome together, so that the handler's writes and the end state
- * commit atomically.  If the handler raises, that transaction is rolled back
- * and a third one records the failure with the report gathered so far.  A
- * dry run executes the handler inside a subtransaction that is always rolled
- * back.
+ * "running"), one to run the handler and record the outcome together, so
+ * that the handler's writes and the end state commit atomically.  If the
+ * handler raises, that transaction is rolled back and a third one records
+ * the failure with the report gathered so far.  A dry run executes the
+ * handler inside a subtransaction that is always rolled back.
  *
  * Interrupts: cancel() interrupts a running handler with SIGINT (a query
- * cancel).  Query cancel is held off everywhere except while the handler
- * runs, so a late signal can never break admission or the recording of an
- * outcome; such a cancel is still honoured, because the outcome is
- * "cancelled" whenever cancel_requested is set.
+ * cancel), as does the role's statement_timeout, which is armed for the
+ * handler's call.  Query cancel is held off everywhere except while the
+ * handler runs, so a late signal can never break admission or the
+ * recording of an outcome; such a cancel is still honoured, because the
+ * outcome is "cancelled" whenever cancel_requested is set.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/pg_proc.h"
+#include "catalog/namespace.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -39,14 +59,15 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/json.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "smartconnector.h"
@@ -57,11 +78,8 @@ typedef struct ExecInfo
 	int64		execution_id;
 	int64		connector_id;
 	char	   *api_name;
-	bool		has_handler;
-	bool		is_procedure;
-	Oid			handler;		/* the routine's OID, the key of its kept plan */
-	char	   *call_sql;		/* "SELECT ns.fn($1::jsonb)" or "CALL ..." */
-	Oid			run_as;
+	ScBinding	binding;		/* the routine, as checked just now */
+	char	   *handler;		/* its signature, for messages */
 	bool		dry_run;
 	bool		diff_check;
 	bool		cancel_requested;
@@ -70,57 +88,19 @@ typedef struct ExecInfo
 } ExecInfo;
 
 static int	my_slot = -1;
+static Oid	my_role = InvalidOid;	/* the role this executor's session is */
 static MemoryContext executor_cxt = NULL;	/* reset for every execution */
 static SPIPlanPtr load_plan = NULL;
 
-/* Kept plans of handler calls, by handler OID (an executor serves few handlers) */
-#define MAX_HANDLER_PLANS 64
-typedef struct HandlerPlan
-{
-	Oid			handler;
-	SPIPlanPtr	plan;
-} HandlerPlan;
-static HandlerPlan handler_plans[MAX_HANDLER_PLANS];
-static int	n_handler_plans = 0;
-
-static SPIPlanPtr handler_plan(ExecInfo *info);
-
-/*
- * The kept plan that calls this handler; prepared on first use.  (The plan
- * cache replans it if the routine is replaced.)  When the table is full
- * the call is prepared each time, unkept.
- */
-static SPIPlanPtr
-handler_plan(ExecInfo *info)
-{
-	Oid			types[1] = {TEXTOID};
-	SPIPlanPtr	plan;
-
-	for (int i = 0; i < n_handler_plans; i++)
-	{
-		if (handler_plans[i].handler == info->handler)
-			return handler_plans[i].plan;
-	}
-	plan = SPI_prepare(info->call_sql, 1, types);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the handler call: %s", SPI_result_code_string(SPI_result));
-	if (n_handler_plans < MAX_HANDLER_PLANS)
-	{
-		SPI_keepplan(plan);
-		handler_plans[n_handler_plans].handler = info->handler;
-		handler_plans[n_handler_plans].plan = plan;
-		n_handler_plans++;
-	}
-	return plan;
-}
-
 static void executor_detach(int code, Datum arg);
 static void hold_cancel(void);
+static bool retiring(void);
+static void begin_own_transaction(const char *activity);
+static void discard_session(void);
 static int64 admit_next(void);
 static bool load_exec_info(int64 execution_id, ExecInfo *info);
 static char *call_handler(ExecInfo *info);
 static void run_execution(int64 execution_id);
-static char *error_metadata(ErrorData *edata);
 
 /*
  * Hold off query cancel: only a running handler may be interrupted.  An
@@ -144,6 +124,7 @@ executor_detach(int code, Datum arg)
 	SpinLockAcquire(&sc_shared->mutex);
 	sc_shared->executors[my_slot].in_use = false;
 	sc_shared->executors[my_slot].idle = false;
+	sc_shared->executors[my_slot].retire = false;
 	sc_shared->executors[my_slot].pid = 0;
 	sc_shared->executors[my_slot].latch = NULL;
 	SpinLockRelease(&sc_shared->mutex);
@@ -151,77 +132,126 @@ executor_detach(int code, Datum arg)
 }
 
 /*
- * Admit the next execution of any connector with a handler, oldest queued
- * first, in a transaction of its own.  Returns 0 when nothing is admissible.
+ * Whether the launcher wants our slot for another role's work.
+ */
+static bool
+retiring(void)
+{
+	bool		retire;
+
+	SpinLockAcquire(&sc_shared->mutex);
+	retire = sc_shared->executors[my_slot].retire;
+	SpinLockRelease(&sc_shared->mutex);
+	return retire;
+}
+
+/*
+ * Start a transaction of our own bookkeeping: at READ COMMITTED and read
+ * write, whatever the role's defaults say (admission counts running
+ * executions as of each statement).
+ */
+static void
+begin_own_transaction(const char *activity)
+{
+	int			save_iso = DefaultXactIsoLevel;
+	bool		save_ro = DefaultXactReadOnly;
+
+	DefaultXactIsoLevel = XACT_READ_COMMITTED;
+	DefaultXactReadOnly = false;
+	PG_TRY();
+	{
+		sc_work_begin(activity);
+	}
+	PG_FINALLY();
+	{
+		DefaultXactIsoLevel = save_iso;
+		DefaultXactReadOnly = save_ro;
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Reset the session as DISCARD ALL would, in the current transaction:
+ * portals and held cursors, role, settings (back to the role's own
+ * defaults), prepared statements, LISTEN, advisory locks, temporary
+ * objects and sequence caches.  The plan cache is kept: plans hold no
+ * state of a run, and the plan cache checks search_path and role on every
+ * use; replanning every statement of every run would cost more than the
+ * rest of an execution.  Runs as the role, and runs no user-defined code.
+ */
+static void
+discard_session(void)
+{
+	PortalHashTableDeleteAll();
+	if (GetSessionUserId() != my_role)
+		SetPGVariable("session_authorization", NIL, false);
+	if (OidIsValid(GetCurrentRoleId()))
+		SetPGVariable("role", NIL, false);
+	ResetAllOptions();
+	DropAllPreparedStatements();
+	Async_UnlistenAll();
+	LockReleaseAll(USER_LOCKMETHOD, true);
+	ResetTempTableNamespace();
+	ResetSequenceCaches();
+}
+
+/*
+ * Reset the session, then admit the next execution of a connector that
+ * runs as our role, oldest queued first, in a transaction of its own.
+ * Returns 0 when nothing is admissible.
  */
 static int64
 admit_next(void)
 {
+	ScPrivileged priv;
 	int64		id;
 
-	/*
-	 * Admission counts running executions as of each statement, so it runs
-	 * at READ COMMITTED whatever default_transaction_isolation says.
-	 */
-	{
-		int			save = DefaultXactIsoLevel;
-
-		DefaultXactIsoLevel = XACT_READ_COMMITTED;
-		PG_TRY();
-		{
-			sc_work_begin("smartconnector: admitting");
-		}
-		PG_FINALLY();
-		{
-			DefaultXactIsoLevel = save;
-		}
-		PG_END_TRY();
-	}
+	begin_own_transaction("smartconnector: admitting");
+	discard_session();
 
 	/*
 	 * The admission need not wait for its WAL to reach disk: if a crash
 	 * loses it, the execution is simply queued again, and nothing of its run
 	 * can survive a crash that lost its admission (the run commits later,
-	 * synchronously, and WAL is flushed in order).
+	 * and WAL is flushed in order).
 	 */
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
-
-	id = sc_admit_next();
+	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	sc_privileged_begin(&priv);
+	id = sc_admit_next(my_role);
+	sc_privileged_end(&priv);
 	sc_work_commit();
-	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_SESSION);
 	return id;
 }
 
 /*
- * Read the execution, its connector and its handler (we run as superuser,
- * inside the caller's transaction).  Everything is copied into
- * executor_cxt.  Returns false if the execution vanished.
+ * Read the execution and its connector, and check the connector's binding
+ * (in a privileged section, inside the caller's transaction).  Everything
+ * is copied into executor_cxt.  Returns false if the execution vanished.
  */
 static bool
 load_exec_info(int64 execution_id, ExecInfo *info)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(execution_id)};
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(execution_id), Int64GetDatum(sc_system_identifier())};
 	int			ret;
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
+	Datum		d;
 	MemoryContext old;
-	int			nest = sc_pin_settings();
+	char	   *run_as;
 
-	/* the routine's names come from the catalog caches below, not from this join */
 	ret = SPI_execute_plan(sc_keep_plan(&load_plan,
-		"SELECT e.connector_id, c.api_name, c.handler IS NOT NULL,"
-		"       c.run_as::oid, e.dry_run, e.diff_check, e.cancel_requested,"
-		"       smartconnector.handler_problem(c.handler, c.run_as),"
+		"SELECT e.connector_id, c.api_name, c.handler, c.handler_oid, c.run_as,"
+		"       c.run_as_oid, c.bound_in IS NOT DISTINCT FROM $2,"
+		"       e.dry_run, e.diff_check, e.cancel_requested,"
 		"       pg_catalog.jsonb_build_object('execution_id', e.id, 'api_name', c.api_name,"
-		"           'input', e.input, 'diff_check', e.diff_check, 'dry_run', e.dry_run)::text,"
-		"       c.handler::oid"
+		"           'input', e.input, 'diff_check', e.diff_check, 'dry_run', e.dry_run)::text"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
 		" WHERE e.id = $1",
-		1, types), args, NULL, true, 1);
-	sc_unpin_settings(nest);
+		2, types), args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read execution %lld", (long long) execution_id);
 	if (SPI_processed != 1)
@@ -233,55 +263,53 @@ load_exec_info(int64 execution_id, ExecInfo *info)
 	info->execution_id = execution_id;
 	info->connector_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	info->api_name = SPI_getvalue(tup, desc, 2);
-	info->has_handler = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-	info->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
-	info->dry_run = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-	info->diff_check = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-	info->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-	info->problem = SPI_getvalue(tup, desc, 8);
-	info->context_json = SPI_getvalue(tup, desc, 9);
-	info->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 10, &isnull));
-	if (isnull)
-		info->handler = InvalidOid;
-	if (!info->has_handler)
-		info->problem = pstrdup("The connector's handler was removed after the execution was admitted.");
-	else if (info->problem == NULL)
-	{
-		/* it exists: handler_problem() said nothing is wrong with it */
-		char	   *proname = get_func_name(info->handler);
-		char	   *nspname = get_namespace_name(get_func_namespace(info->handler));
+	info->handler = SPI_getvalue(tup, desc, 3);
+	run_as = SPI_getvalue(tup, desc, 5);
+	info->dry_run = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	info->diff_check = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+	info->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+	info->context_json = SPI_getvalue(tup, desc, 11);
 
-		info->is_procedure = (get_func_prokind(info->handler) == PROKIND_PROCEDURE);
-		if (proname != NULL && nspname != NULL)
-			info->call_sql = psprintf("%s %s.%s($1::pg_catalog.jsonb)",
-									  info->is_procedure ? "CALL" : "SELECT",
-									  quote_identifier(nspname), quote_identifier(proname));
-		else
-			info->problem = pstrdup("The handler routine no longer exists (it was dropped after it was set).");
+	if (info->handler == NULL)
+		info->problem = pstrdup("The connector's handler was removed after the execution was admitted.");
+	else
+	{
+		Oid			handler_oid;
+		Oid			run_as_oid;
+		bool		bound_here;
+
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		handler_oid = isnull ? InvalidOid : DatumGetObjectId(d);
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		run_as_oid = isnull ? InvalidOid : DatumGetObjectId(d);
+		bound_here = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		sc_check_binding(info->handler, handler_oid, run_as, run_as_oid, bound_here,
+						 &info->binding);
+		info->problem = info->binding.problem;
+		if (info->problem == NULL && info->binding.run_as != my_role)
+			info->problem = psprintf("The connector's run_as changed to \"%s\" after the execution was admitted.",
+									 run_as);
 	}
 	MemoryContextSwitchTo(old);
 	return true;
 }
 
 /*
- * Run the handler as run_as and return its jsonb result as text (or NULL).
- * Every setting the handler changes, even with a session-level SET, is
- * undone afterwards (AtEOXact_GUC as for an abort), so one connector's run
- * never leaks into the next.
+ * Call the handler by OID, as the session's role, with the role's
+ * statement_timeout, and return its jsonb result as text (or NULL).  Every
+ * setting the handler changes, even with a session-level SET, is undone
+ * afterwards (AtEOXact_GUC as for an abort).
  */
 static char *
 call_handler(ExecInfo *info)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		value;
 	int			save_nestlevel;
-	Datum		args[1];
 	char	   *result = NULL;
-	int			ret;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	ResourceOwner caller_owner = CurrentResourceOwner;
-
-	args[0] = CStringGetTextDatum(info->context_json);
 
 	if (info->dry_run)
 	{
@@ -289,35 +317,39 @@ call_handler(ExecInfo *info)
 		MemoryContextSwitchTo(caller_cxt);
 	}
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(info->run_as, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	save_nestlevel = NewGUCNestLevel();
-	pgstat_report_activity(STATE_RUNNING, info->call_sql);
+	fmgr_info(info->binding.handler, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = DirectFunctionCall1(jsonb_in, CStringGetDatum(info->context_json));
+	fcinfo->args[0].isnull = false;
+	InvokeFunctionExecuteHook(info->binding.handler);
 
-	/* let cancel() in: only now, and only for this execution */
+	save_nestlevel = NewGUCNestLevel();
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("smartconnector: execution %lld: %s",
+									(long long) info->execution_id, info->handler));
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	/* let cancel() and statement_timeout in: only now, and only for this call */
 	QueryCancelPending = false;
 	sc_set_phase(SC_PHASE_HANDLER);
+	if (StatementTimeout > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
 	RESUME_CANCEL_INTERRUPTS();
 	CHECK_FOR_INTERRUPTS();
 
-	ret = SPI_execute_plan(handler_plan(info), args, NULL, false, 0);
+	value = FunctionCallInvoke(fcinfo);
 
 	HOLD_CANCEL_INTERRUPTS();
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	sc_set_phase(SC_PHASE_COMPLETING);
+	PopActiveSnapshot();
 
-	if (ret < 0)
-		elog(ERROR, "could not run the handler: %s", SPI_result_code_string(ret));
-	if (ret == SPI_OK_SELECT && SPI_processed == 1 &&
-		SPI_gettypeid(SPI_tuptable->tupdesc, 1) == JSONBOID)
-	{
-		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-		if (value != NULL)
-			result = MemoryContextStrdup(executor_cxt, value);
-	}
+	if (!fcinfo->isnull && info->binding.rettype == JSONBOID)
+		result = MemoryContextStrdup(executor_cxt,
+									 DatumGetCString(DirectFunctionCall1(jsonb_out, value)));
 
 	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
 
 	if (info->dry_run)
 	{
@@ -326,36 +358,6 @@ call_handler(ExecInfo *info)
 		CurrentResourceOwner = caller_owner;
 	}
 	return result;
-}
-
-/*
- * The error's details as a jsonb object for the execution's metadata.
- */
-static char *
-error_metadata(ErrorData *edata)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"error\": {\"sqlstate\": ");
-	escape_json(&buf, unpack_sql_state(edata->sqlerrcode));
-	if (edata->detail)
-	{
-		appendStringInfoString(&buf, ", \"detail\": ");
-		escape_json(&buf, edata->detail);
-	}
-	if (edata->hint)
-	{
-		appendStringInfoString(&buf, ", \"hint\": ");
-		escape_json(&buf, edata->hint);
-	}
-	if (edata->context)
-	{
-		appendStringInfoString(&buf, ", \"context\": ");
-		escape_json(&buf, edata->context);
-	}
-	appendStringInfoString(&buf, "}}");
-	return buf.data;
 }
 
 /*
@@ -374,12 +376,15 @@ run_execution(int64 execution_id)
 
 	PG_TRY();
 	{
+		ScPrivileged priv;
 		char	   *result;
 
+		/* with the role's own defaults: the handler runs in this transaction */
 		sc_work_begin("smartconnector: loading execution");
-
+		sc_privileged_begin(&priv);
 		if (!load_exec_info(execution_id, &info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
+		sc_privileged_end(&priv);
 		sc_begin_current(execution_id, info.connector_id, info.diff_check,
 						 info.dry_run, SC_PHASE_COMPLETING);
 
@@ -396,7 +401,11 @@ run_execution(int64 execution_id)
 		result = call_handler(&info);
 
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
+		sc_privileged_begin(&priv);
 		(void) sc_complete_current(NULL, NULL, result);
+		sc_privileged_end(&priv);
+
+		/* as the role: what the handler left for commit fires as the role */
 		sc_work_commit();
 		completed = true;
 	}
@@ -404,13 +413,16 @@ run_execution(int64 execution_id)
 	{
 		ErrorData  *edata;
 
+		disable_timeout(STATEMENT_TIMEOUT, false);
 		MemoryContextSwitchTo(executor_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(executor_cxt);
 		hold_cancel();
 		error = edata->message;
-		error_meta = error_metadata(edata);
+		error_meta = sc_error_metadata(unpack_sql_state(edata->sqlerrcode), edata->detail,
+									   edata->hint, edata->context);
 		ereport(LOG,
 				(errmsg("smartconnector execution %lld failed: %s",
 						(long long) execution_id, edata->message)));
@@ -423,58 +435,63 @@ run_execution(int64 execution_id)
 	/* The run failed: record that, with the report gathered so far. */
 	PG_TRY();
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording failure");
+		ScPrivileged priv;
+
+		begin_own_transaction("smartconnector: recording failure");
+		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info.connector_id, info.diff_check,
 							 info.dry_run, SC_PHASE_COMPLETING);
 		(void) sc_complete_current(error, error_meta, NULL);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		sc_privileged_end(&priv);
+		sc_work_commit();
 	}
 	PG_CATCH();
 	{
-		LOCKTAG		tag;
-
 		/*
-		 * Even recording the failure failed.  Give the execution up: release
-		 * its lock so the launcher fails it as a runner that ended.
+		 * Even recording the failure failed.  Give the execution up: free
+		 * its slot so the launcher fails it as a runner that ended.
 		 */
 		EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		hold_cancel();
-		sc_execution_locktag(&tag, execution_id);
-		LockRelease(&tag, ExclusiveLock, true);
 		sc_clear_current();
 	}
 	PG_END_TRY();
 }
 
 /*
- * Executor worker entry point; main_arg is the executor slot to occupy.
+ * Executor worker entry point; main_arg is the executor slot to occupy,
+ * whose role the launcher set.
  */
 void
 sc_executor_main(Datum main_arg)
 {
 	TimestampTz idle_since;
+	Oid			database;
 
 	my_slot = DatumGetInt32(main_arg);
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(sc_database_name, NULL, 0);
-	pgstat_report_appname("smartconnector executor");
+	before_shmem_exit(executor_detach, (Datum) 0);
+
+	SpinLockAcquire(&sc_shared->mutex);
+	my_role = sc_shared->executors[my_slot].role;
+	database = sc_shared->database_id;
+	SpinLockRelease(&sc_shared->mutex);
+
+	/* a session of the role, with its settings, as a login would have */
+	BackgroundWorkerInitializeConnectionByOid(database, my_role, 0);
+	SetConfigOption("application_name", "smartconnector executor", PGC_SUSET, PGC_S_OVERRIDE);
 
 	SpinLockAcquire(&sc_shared->mutex);
 	sc_shared->executors[my_slot].pid = MyProcPid;
 	sc_shared->executors[my_slot].latch = MyLatch;
 	sc_shared->executors[my_slot].idle = false;
 	SpinLockRelease(&sc_shared->mutex);
-	before_shmem_exit(executor_detach, (Datum) 0);
 
 	executor_cxt = AllocSetContextCreate(TopMemoryContext, "smartconnector executor",
 										 ALLOCSET_DEFAULT_SIZES);
@@ -494,6 +511,9 @@ sc_executor_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		MemoryContextReset(executor_cxt);
+		MemoryContextSwitchTo(executor_cxt);
+		if (retiring())
+			break;
 
 		PG_TRY();
 		{
@@ -540,6 +560,6 @@ sc_executor_main(Datum main_arg)
 			idle_since = GetCurrentTimestamp();
 	}
 
-	/* idle for executor_idle_timeout: leave; the launcher starts us again */
+	/* idle for executor_idle_timeout, or retired: leave; the launcher starts us again */
 	proc_exit(0);
 }

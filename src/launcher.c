@@ -2,8 +2,23 @@
  *
  * launcher.c
  *		The launcher background worker: fails executions whose runner is
- *		gone, and keeps enough executor workers running for the executions
- *		that may start now.
+ *		gone, and keeps enough executor workers running, for each role, for
+ *		the executions that may start now.
+ *
+ * The pool: smartconnector.max_workers slots in all, shared by every role.
+ * An executor serves the one role it connects as (executor.c), so the
+ * launcher starts executors per role: each role with admissible work gets
+ * a fair share of the slots (max-min: no role gets more than it can use, and
+ * what is left is split evenly), and when every slot is taken, executors of
+ * roles over their share retire (an idle one at once, a busy one after its
+ * execution) to make room.  A role with work therefore never waits for
+ * another role's backlog to drain, only for the execution in progress.
+ *
+ * Connectors whose run_as role no executor can connect as (it was dropped,
+ * renamed, or cannot log in) would wait forever: the launcher fails their
+ * queued executions itself, in order and under their limits, saying why.
+ * It also binds connectors restored or upgraded from another cluster again
+ * (binding.c), when it starts and then every minute.
  *
  * It starts only once the server accepts writes (never on a standby), and
  * is woken through its latch at the commit of anything that may let an
@@ -33,6 +48,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -48,13 +64,30 @@
 #define CLEANUP_INTERVAL_MS			60000
 #define CLEANUP_BATCH				5000
 
+/* Fail at most this many executions of unrunnable connectors per pass */
+#define FAIL_BATCH					100
+
+/* A role with executions that may start now */
+typedef struct RoleDemand
+{
+	Oid			role;
+	int			admissible;		/* executions that may start now */
+	int			running;		/* executions its executors run */
+	int			share;			/* slots it should have */
+	int			executors;		/* slots it has (starting, busy or idle) */
+	int			available;		/* of which idle or starting */
+} RoleDemand;
+
 static BackgroundWorkerHandle **executor_handles = NULL;	/* per slot */
 static bool start_failure_logged = false;
 
 static bool cleanup_batch(void);
-static bool launcher_pass(int *running, int *admissible);
-static void manage_executors(int admissible);
-static bool start_executor(int slot);
+static void bind_foreign_connectors(void);
+static bool fail_unrunnable(Oid role, const char *run_as, const char *problem);
+static bool launcher_pass(int *running, List **demand, bool *more);
+static void fair_shares(List *demand, int slots);
+static void manage_executors(List *demand);
+static bool start_executor(int slot, Oid role);
 
 /*
  * Register the launcher with the postmaster (from _PG_init).
@@ -71,33 +104,163 @@ sc_register_launcher(void)
 }
 
 /*
- * One pass: fail executions of dead runners and count what may start now.
- * Returns false when the extension is not installed (yet).
+ * Bind connectors whose binding was made in another cluster (after
+ * pg_upgrade, or a restore with triggers disabled) again, by name: an
+ * UPDATE of bound_in asks connector_bind() to bind again (binding.c).
+ */
+static void
+bind_foreign_connectors(void)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(sc_system_identifier())};
+
+	(void) set_config_option("smartconnector.internal_change", "rebind", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	if (SPI_execute_with_args("UPDATE smartconnector.connector SET bound_in = NULL"
+							  " WHERE bound_in IS DISTINCT FROM $1",
+							  1, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not bind connectors again");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("smartconnector bound %llu connectors from another cluster to this one",
+						(unsigned long long) SPI_processed)));
+	(void) set_config_option("smartconnector.internal_change", "", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * Fail the queued executions of the connectors that run as a role no
+ * executor can connect as, in order and under their limits.  Returns
+ * whether there may be more to fail than this pass did.
  */
 static bool
-launcher_pass(int *running, int *admissible)
+fail_unrunnable(Oid role, const char *run_as, const char *problem)
 {
+	Oid			types[2] = {OIDOID, NAMEOID};
+	Datum		args[2] = {ObjectIdGetDatum(role), DirectFunctionCall1(namein, CStringGetDatum(run_as))};
+	char		nulls[2] = {OidIsValid(role) ? ' ' : 'n', ' '};
+	SPITupleTable *connectors;
+	uint64		n;
+	int			failed = 0;
+
+	if (SPI_execute_with_args("SELECT c.id, c.api_name FROM smartconnector.connector c"
+							  " WHERE c.run_as_oid IS NOT DISTINCT FROM $1 AND c.run_as = $2"
+							  "   AND c.handler IS NOT NULL"
+							  "   AND c.status IN ('operational', 'need_attention')"
+							  "   AND EXISTS (SELECT 1 FROM smartconnector.queue q"
+							  "                WHERE q.connector_id = c.id)"
+							  " ORDER BY c.id",
+							  2, types, args, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the connectors of role \"%s\"", run_as);
+	connectors = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n && failed < FAIL_BATCH; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(connectors->vals[i], connectors->tupdesc, 1, &isnull));
+		char	   *api_name = SPI_getvalue(connectors->vals[i], connectors->tupdesc, 2);
+
+		while (failed < FAIL_BATCH && sc_fail_next(id, api_name, problem) > 0)
+			failed++;
+	}
+	SPI_freetuptable(connectors);
+	return failed >= FAIL_BATCH;
+}
+
+/*
+ * One pass: fail executions of dead runners, and list, per role, what may
+ * start now; fail what no executor can run.  Returns false when the
+ * extension is not installed (yet).  *demand is allocated in the caller's
+ * memory context.
+ */
+static bool
+launcher_pass(int *running, List **demand, bool *more)
+{
+	static bool bound = false;
+	static TimestampTz last_bind = 0;
+	MemoryContext caller_cxt = CurrentMemoryContext;
 	bool		installed = false;
 	int			ret;
 
 	*running = 0;
-	*admissible = 0;
+	*demand = NIL;
+	*more = false;
 
 	sc_work_begin("smartconnector: checking runners");
 
 	installed = sc_extension_installed();
 	if (installed)
 	{
-		Oid			types[1] = {INT4OID};
-		Datum		args[1] = {Int32GetDatum(sc_max_workers)};
+		Oid			types[2] = {INT4OID, INT8OID};
+		Datum		args[2] = {Int32GetDatum(sc_max_workers), Int64GetDatum(sc_system_identifier())};
 		bool		isnull;
+		SPITupleTable *roles;
+		uint64		n;
 
-		ret = SPI_execute_with_args("SELECT running, admissible FROM smartconnector.launcher_pass($1)",
-									1, types, args, NULL, false, 1);
+		if (!bound || GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_bind, CLEANUP_INTERVAL_MS))
+		{
+			bind_foreign_connectors();
+			bound = true;
+			last_bind = GetCurrentTimestamp();
+		}
+
+		ret = SPI_execute("SELECT smartconnector.launcher_pass()", false, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "smartconnector.launcher_pass() failed: %s", SPI_result_code_string(ret));
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		*admissible = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+		/* per role: what may start now, what runs, and whether it can be connected as */
+		ret = SPI_execute_with_args(
+			"SELECT c.run_as_oid, c.run_as, c.bound_in IS NOT DISTINCT FROM $2,"
+			"       sum(LEAST(GREATEST(c.max_concurrent_executions - run.n, 0), q.n))::int,"
+			"       sum(run.n)::int"
+			"  FROM smartconnector.connector c"
+			" CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e"
+			"                      WHERE e.connector_id = c.id AND e.state = 'running') run"
+			/* in key order, so that the probe stays on the queue's primary key */
+			" CROSS JOIN LATERAL (SELECT count(*) AS n"
+			"                       FROM (SELECT 1 FROM smartconnector.queue e"
+			"                              WHERE e.connector_id = c.id"
+			"                              ORDER BY e.execution_id LIMIT $1) s) q"
+			" WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')"
+			" GROUP BY 1, 2, 3",
+			2, types, args, NULL, true, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not count admissible executions: %s", SPI_result_code_string(ret));
+		roles = SPI_tuptable;
+		n = SPI_processed;
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	tup = roles->vals[i];
+			TupleDesc	desc = roles->tupdesc;
+			Datum		d = SPI_getbinval(tup, desc, 1, &isnull);
+			Oid			bound_oid = isnull ? InvalidOid : DatumGetObjectId(d);
+			char	   *run_as = SPI_getvalue(tup, desc, 2);
+			bool		bound_here = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+			int			admissible = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+			int			role_running = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+			Oid			role;
+			char	   *problem = sc_role_problem(run_as, bound_oid, bound_here, &role);
+
+			if (problem != NULL)
+			{
+				if (admissible > 0 && fail_unrunnable(bound_oid, run_as, problem))
+					*more = true;
+				continue;
+			}
+			if (admissible > 0 || role_running > 0)
+			{
+				MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+				RoleDemand *r = palloc0(sizeof(RoleDemand));
+
+				r->role = role;
+				r->admissible = Min(admissible, sc_max_workers);
+				r->running = role_running;
+				*demand = lappend(*demand, r);
+				MemoryContextSwitchTo(old);
+			}
+		}
+		SPI_freetuptable(roles);
 	}
 	sc_work_commit();
 	return installed;
@@ -129,10 +292,11 @@ cleanup_batch(void)
 }
 
 /*
- * Start a dynamic executor worker in a free slot.
+ * Start a dynamic executor worker for role in a free slot (the caller has
+ * marked it in use).
  */
 static bool
-start_executor(int slot)
+start_executor(int slot, Oid role)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -145,6 +309,10 @@ start_executor(int slot)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	worker.bgw_notify_pid = MyProcPid;
+
+	SpinLockAcquire(&sc_shared->mutex);
+	sc_shared->executors[slot].role = role;
+	SpinLockRelease(&sc_shared->mutex);
 
 	/* the handle outlives this pass: allocate it where pass_cxt resets cannot free it */
 	old = MemoryContextSwitchTo(TopMemoryContext);
@@ -165,16 +333,83 @@ start_executor(int slot)
 }
 
 /*
- * Make sure that executions which may start now have executors: wake every
- * executor (an idle one takes the work; a busy one just looks again when
- * done), and start new ones while fewer are idle or starting than there is
- * work, up to smartconnector.max_workers.
+ * Each role's fair share of the slots: max-min over what each can use (its
+ * running executions and those that may start now).
  */
 static void
-manage_executors(int admissible)
+fair_shares(List *demand, int slots)
 {
-	int			available = 0;	/* idle or still starting */
-	int			to_start;
+	int			n = list_length(demand);
+	int			left = slots;
+	RoleDemand **by_want;
+	int			i = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	by_want = palloc(sizeof(RoleDemand *) * n);
+	foreach(lc, demand)
+		by_want[i++] = (RoleDemand *) lfirst(lc);
+	/* ascending by want (a few roles at most: insertion sort) */
+	for (i = 1; i < n; i++)
+	{
+		RoleDemand *r = by_want[i];
+		int			want = r->running + r->admissible;
+		int			j = i;
+
+		for (; j > 0 && by_want[j - 1]->running + by_want[j - 1]->admissible > want; j--)
+			by_want[j] = by_want[j - 1];
+		by_want[j] = r;
+	}
+	for (i = 0; i < n; i++)
+	{
+		int			want = by_want[i]->running + by_want[i]->admissible;
+
+		by_want[i]->share = Min(want, left / (n - i));
+		left -= by_want[i]->share;
+	}
+	/* what integer division left over, to those that can use it, largest first */
+	for (i = n - 1; i >= 0 && left > 0; i--)
+	{
+		if (by_want[i]->share < by_want[i]->running + by_want[i]->admissible)
+		{
+			by_want[i]->share++;
+			left--;
+		}
+	}
+	pfree(by_want);
+}
+
+/* The demand entry of a role, or NULL */
+static RoleDemand *
+role_demand(List *demand, Oid role)
+{
+	ListCell   *lc;
+
+	foreach(lc, demand)
+	{
+		RoleDemand *r = (RoleDemand *) lfirst(lc);
+
+		if (r->role == role)
+			return r;
+	}
+	return NULL;
+}
+
+/*
+ * Make sure that executions which may start now have executors of their
+ * role: wake the role's executors (an idle one takes the work; a busy one
+ * just looks again when done), start new ones while the role has fewer
+ * idle or starting than it has work and fewer than its share, and when no
+ * slot is free, retire executors of roles over their share.
+ */
+static void
+manage_executors(List *demand)
+{
+	int			free_slots = 0;
+	int			unmet = 0;
+	int			retiring = 0;
+	ListCell   *lc;
 
 	/* free the slots of executors that stopped (or never started) */
 	for (int i = 0; i < sc_shared->num_executor_slots; i++)
@@ -190,52 +425,119 @@ manage_executors(int admissible)
 			SpinLockAcquire(&sc_shared->mutex);
 			sc_shared->executors[i].in_use = false;
 			sc_shared->executors[i].idle = false;
+			sc_shared->executors[i].retire = false;
 			sc_shared->executors[i].latch = NULL;
 			SpinLockRelease(&sc_shared->mutex);
 		}
 	}
-	if (admissible <= 0)
-		return;
 
+	fair_shares(demand, sc_shared->num_executor_slots);
+
+	/* count each role's executors; wake those of roles with work */
 	SpinLockAcquire(&sc_shared->mutex);
 	for (int i = 0; i < sc_shared->num_executor_slots; i++)
 	{
 		ScExecutorSlot *slot = &sc_shared->executors[i];
+		RoleDemand *r;
 
 		if (!slot->in_use)
+		{
+			if (executor_handles[i] == NULL)
+				free_slots++;
 			continue;
+		}
+		if (slot->retire)
+		{
+			retiring++;
+			continue;
+		}
+		r = role_demand(demand, slot->role);
+		if (r == NULL)
+			continue;
+		r->executors++;
 		if (slot->idle || slot->latch == NULL)
-			available++;
-		if (slot->latch != NULL)
+			r->available++;
+		if (r->admissible > 0 && slot->latch != NULL)
 			SetLatch(slot->latch);
 	}
 	SpinLockRelease(&sc_shared->mutex);
 
-	to_start = admissible - available;
-	for (int i = 0; i < sc_shared->num_executor_slots && to_start > 0; i++)
+	/* start executors for roles below their share, one per role in turn */
+	for (bool started = true; started && free_slots > 0;)
 	{
-		bool		free_slot;
-
-		SpinLockAcquire(&sc_shared->mutex);
-		free_slot = !sc_shared->executors[i].in_use && executor_handles[i] == NULL;
-		if (free_slot)
+		started = false;
+		foreach(lc, demand)
 		{
-			sc_shared->executors[i].in_use = true;
-			sc_shared->executors[i].idle = false;
-			sc_shared->executors[i].pid = 0;
-			sc_shared->executors[i].latch = NULL;
+			RoleDemand *r = (RoleDemand *) lfirst(lc);
+			int			slot = -1;
+
+			if (free_slots == 0 || r->admissible <= r->available || r->executors >= r->share)
+				continue;
+			SpinLockAcquire(&sc_shared->mutex);
+			for (int i = 0; i < sc_shared->num_executor_slots && slot < 0; i++)
+			{
+				if (!sc_shared->executors[i].in_use && executor_handles[i] == NULL)
+				{
+					slot = i;
+					sc_shared->executors[i].in_use = true;
+					sc_shared->executors[i].idle = false;
+					sc_shared->executors[i].retire = false;
+					sc_shared->executors[i].pid = 0;
+					sc_shared->executors[i].latch = NULL;
+				}
+			}
+			SpinLockRelease(&sc_shared->mutex);
+			if (slot < 0)
+			{
+				free_slots = 0;
+				break;
+			}
+			if (!start_executor(slot, r->role))
+			{
+				SpinLockAcquire(&sc_shared->mutex);
+				sc_shared->executors[slot].in_use = false;
+				SpinLockRelease(&sc_shared->mutex);
+				free_slots = 0;
+				break;
+			}
+			free_slots--;
+			r->executors++;
+			r->available++;
+			started = true;
+		}
+	}
+
+	/* no slot left: make room, from roles over their share, idle ones first */
+	foreach(lc, demand)
+	{
+		RoleDemand *r = (RoleDemand *) lfirst(lc);
+
+		if (r->admissible > r->available && r->executors < r->share)
+			unmet += Min(r->admissible - r->available, r->share - r->executors);
+	}
+	unmet -= retiring;
+	for (int pass = 0; pass < 2 && unmet > 0; pass++)
+	{
+		SpinLockAcquire(&sc_shared->mutex);
+		for (int i = 0; i < sc_shared->num_executor_slots && unmet > 0; i++)
+		{
+			ScExecutorSlot *slot = &sc_shared->executors[i];
+			RoleDemand *r;
+
+			if (!slot->in_use || slot->retire || slot->latch == NULL)
+				continue;
+			if (pass == 0 && !slot->idle)
+				continue;
+			r = role_demand(demand, slot->role);
+			if (r != NULL && r->executors <= r->share)
+				continue;
+			slot->retire = true;
+			SetLatch(slot->latch);
+			if (r != NULL)
+				r->executors--;
+			unmet--;
 		}
 		SpinLockRelease(&sc_shared->mutex);
-		if (!free_slot)
-			continue;
-		if (!start_executor(i))
-		{
-			SpinLockAcquire(&sc_shared->mutex);
-			sc_shared->executors[i].in_use = false;
-			SpinLockRelease(&sc_shared->mutex);
-			break;
-		}
-		to_start--;
 	}
 }
 
@@ -251,8 +553,11 @@ sc_launcher_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	if (IsBinaryUpgrade)
+		proc_exit(0);			/* pg_upgrade's servers run no connectors */
 	BackgroundWorkerInitializeConnection(sc_database_name, NULL, 0);
 	pgstat_report_appname("smartconnector launcher");
+	sc_shared->database_id = MyDatabaseId;
 
 	executor_handles = MemoryContextAllocZero(TopMemoryContext,
 											  sizeof(BackgroundWorkerHandle *) * sc_max_workers);
@@ -269,7 +574,8 @@ sc_launcher_main(Datum main_arg)
 	for (;;)
 	{
 		int			running = 0;
-		int			admissible = 0;
+		List	   *demand = NIL;
+		volatile bool more_fail = false;
 		volatile bool installed = false;
 		volatile bool more_cleanup = false;
 		long		naptime;
@@ -288,9 +594,12 @@ sc_launcher_main(Datum main_arg)
 
 		PG_TRY();
 		{
-			installed = launcher_pass(&running, &admissible);
+			bool		more;
+
+			installed = launcher_pass(&running, &demand, &more);
+			more_fail = more;
 			if (installed)
-				manage_executors(admissible);
+				manage_executors(demand);
 			if (installed && GetCurrentTimestamp() >=
 				TimestampTzPlusMilliseconds(last_cleanup, CLEANUP_INTERVAL_MS))
 			{
@@ -309,8 +618,8 @@ sc_launcher_main(Datum main_arg)
 		PG_END_TRY();
 
 		naptime = (installed && running > 0) ? LAUNCHER_BUSY_NAPTIME_MS : LAUNCHER_IDLE_NAPTIME_MS;
-		if (more_cleanup)
-			naptime = 0;		/* delete the next batch right away */
+		if (more_cleanup || more_fail)
+			naptime = 0;		/* the next batch right away */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 naptime, PG_WAIT_EXTENSION);
 	}

@@ -41,13 +41,13 @@
 #include "utils/builtins.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "smartconnector.h"
 
 PG_FUNCTION_INFO_V1(admit);
-PG_FUNCTION_INFO_V1(admit_next);
 PG_FUNCTION_INFO_V1(complete_execution);
 PG_FUNCTION_INFO_V1(execution_ended);
 
@@ -86,7 +86,8 @@ static SPIPlanPtr chains_plan = NULL;
 static SPIPlanPtr enqueue_plan = NULL;
 
 static int64 count_running(int64 connector_id);
-static int64 admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_head);
+static int64 admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy,
+							 int64 *next_head);
 static void queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 						   const char *target, const char *target_host, const char *reason,
 						   Datum body);
@@ -143,15 +144,17 @@ count_running(int64 connector_id)
  * Admit the oldest queued execution of one connector if its status and
  * limit allow; returns its id, 0 if nothing may start, or ADMIT_BUSY if
  * !wait and another transaction holds the connector's admission lock
- * (another admission, or a change of its status, limit or handler).  An
- * executor (for_executor) admits only connectors that have a handler.
+ * (another admission, or a change of its status, limit, handler or run_as).
+ * An executor (for_executor) admits only connectors that have a handler.
+ * With occupy, this backend becomes the execution's runner (its progress
+ * slot names it); without, the caller ends it in this same transaction.
  * *next_head is set to the connector's next queued execution (0 if none).
  *
  * The lock is kept to the end of the transaction only when something was
  * admitted; otherwise it is given back at once (nothing was written).
  */
 static int64
-admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_head)
+admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, int64 *next_head)
 {
 	Oid			types[2] = {INT8OID, BOOLOID};
 	Datum		args[2] = {Int64GetDatum(connector_id), BoolGetDatum(for_executor)};
@@ -225,7 +228,8 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_he
 
 			*next_head = isnull ? 0 : DatumGetInt64(next);
 
-			sc_hold_execution_lock(id);
+			if (occupy)
+				sc_occupy_slot(id);
 			return id;
 		}
 		ret = SPI_execute_plan(sc_keep_plan(&queued_plan,
@@ -242,24 +246,27 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, int64 *next_he
 }
 
 /*
- * Read the connectors with queued work into the candidate list, oldest
- * queue head first: one index probe per connector for its head, whatever
- * the backlog.
+ * Read the connectors with queued work that run as role into the candidate
+ * list, oldest queue head first: one index probe per connector for its
+ * head, whatever the backlog.
  */
 static void
-load_candidates(void)
+load_candidates(Oid role)
 {
+	Oid			types[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(role)};
+
 	if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
 		"SELECT c.id, c.max_concurrent_executions::bigint, head.execution_id"
 		"  FROM smartconnector.connector c"
 		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector.queue q"
 		"                      WHERE q.connector_id = c.id"
 		"                      ORDER BY q.execution_id LIMIT 1) head"
-		" WHERE c.handler IS NOT NULL"
+		" WHERE c.handler IS NOT NULL AND c.run_as_oid = $1"
 		"   AND c.status IN ('operational', 'need_attention')"
 		"   AND c.max_concurrent_executions > 0"
 		" ORDER BY head.execution_id",
-		0, NULL), NULL, NULL, false, MAX_CANDIDATES) != SPI_OK_SELECT)
+		1, types), args, NULL, false, MAX_CANDIDATES) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for admissible executions");
 	n_candidates = (int) SPI_processed;
 	for (int i = 0; i < n_candidates; i++)
@@ -331,7 +338,7 @@ admit_from_candidates(void)
 		if (n_candidates > 1 &&
 			count_running(candidates[i].connector_id) >= candidates[i].limit)
 			continue;
-		id = admit_connector(candidates[i].connector_id, true, false, &next_head);
+		id = admit_connector(candidates[i].connector_id, true, false, true, &next_head);
 		if (id == ADMIT_BUSY)
 		{
 			if (busy == 0 && sc_admissions_locked_by_executors(candidates[i].connector_id))
@@ -345,7 +352,7 @@ admit_from_candidates(void)
 	}
 	if (busy == 0)
 		return 0;
-	id = admit_connector(busy, true, true, &next_head);
+	id = admit_connector(busy, true, true, true, &next_head);
 	i = candidate_index(busy);
 	if (i >= 0)
 		reposition_candidate(i, next_head);
@@ -353,10 +360,10 @@ admit_from_candidates(void)
 }
 
 /*
- * Admit the next admissible execution of any connector with a handler,
- * the oldest queued first: mark it running and take its session lock.
- * Returns its id, or 0 when nothing may start now.  Runs in the caller's
- * transaction.
+ * Admit the next admissible execution of any connector with a handler that
+ * runs as role (an executor serves one role), the oldest queued first: mark
+ * it running and make this backend its runner.  Returns its id, or 0 when
+ * nothing may start now.  Runs in the caller's transaction.
  *
  * Reading every connector's queue head for each admission cost a third of
  * an executor's time with 100 busy connectors, so the ordered list is kept
@@ -368,7 +375,7 @@ admit_from_candidates(void)
  * while executors are busy (an idle executor reads the list afresh).
  */
 int64
-sc_admit_next(void)
+sc_admit_next(Oid role)
 {
 	int64		admitted = 0;
 	int			nest = sc_pin_settings();
@@ -380,13 +387,13 @@ sc_admit_next(void)
 		TimestampDifferenceExceeds(candidates_loaded_at, GetCurrentTimestamp(),
 								   CANDIDATES_MAX_AGE_MS))
 	{
-		load_candidates();
+		load_candidates(role);
 		fresh = true;
 	}
 	admitted = admit_from_candidates();
 	if (admitted == 0 && !fresh)
 	{
-		load_candidates();
+		load_candidates(role);
 		admitted = admit_from_candidates();
 	}
 
@@ -548,7 +555,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 {
 	Oid			types[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, JSONBOID, JSONBOID};
 	Datum		args[8];
-	char		nulls[8] = "        ";
+	char		nulls[8];
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *state = NULL;
 	int			nest = sc_pin_settings();
@@ -556,6 +563,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 
 	spi_connect();
 
+	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(execution_id);
 	for (int k = 0; k < SC_NUM_ACTIONS; k++)
 		args[1 + k] = Int64GetDatum(counts[k]);
@@ -660,7 +668,7 @@ admit(PG_FUNCTION_ARGS)
 	int64		next_head;
 
 	spi_connect();
-	id = admit_connector(PG_GETARG_INT64(0), false, true, &next_head);
+	id = admit_connector(PG_GETARG_INT64(0), false, true, true, &next_head);
 	SPI_finish();
 	sc_unpin_settings(nest);
 	if (id == 0)
@@ -669,17 +677,60 @@ admit(PG_FUNCTION_ARGS)
 }
 
 /*
- * admit_next() returns bigint: for executor workers (and tests): admit the
- * next admissible execution of a connector with a handler, or NULL.
+ * The error details of a failed execution as its metadata, a jsonb object
+ * {"error": {"sqlstate": ..., "detail": ..., "hint": ..., "context": ...}}.
  */
-Datum
-admit_next(PG_FUNCTION_ARGS)
+char *
+sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
+				  const char *context)
 {
-	int64		id = sc_admit_next();
+	StringInfoData buf;
 
-	if (id == 0)
-		PG_RETURN_NULL();
-	PG_RETURN_INT64(id);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"error\": {\"sqlstate\": ");
+	escape_json(&buf, sqlstate);
+	if (detail)
+	{
+		appendStringInfoString(&buf, ", \"detail\": ");
+		escape_json(&buf, detail);
+	}
+	if (hint)
+	{
+		appendStringInfoString(&buf, ", \"hint\": ");
+		escape_json(&buf, hint);
+	}
+	if (context)
+	{
+		appendStringInfoString(&buf, ", \"context\": ");
+		escape_json(&buf, context);
+	}
+	appendStringInfoString(&buf, "}}");
+	return buf.data;
+}
+
+/*
+ * Admit the next execution of a connector that no executor can run (its
+ * run_as role cannot be connected as) and end it failed, in the caller's
+ * transaction, in queue order and under the connector's limit like any
+ * admission.  Returns its id, or 0 if none may start now.
+ */
+int64
+sc_fail_next(int64 connector_id, const char *api_name, const char *problem)
+{
+	int			nest = sc_pin_settings();
+	int64		counts[SC_NUM_ACTIONS] = {0};
+	int64		next_head;
+	int64		id;
+
+	spi_connect();
+	id = admit_connector(connector_id, true, true, false, &next_head);
+	if (id > 0)
+		(void) sc_end_execution(id, counts,
+								psprintf("connector \"%s\" cannot execute", api_name),
+								sc_error_metadata("55000", problem, NULL, NULL), NULL, NULL);
+	SPI_finish();
+	sc_unpin_settings(nest);
+	return id;
 }
 
 /*

@@ -16,7 +16,11 @@
  * only once that transaction has committed.
  *
  * Counts are mirrored into this backend's shared progress slot, so other
- * sessions see progress while the execution runs.
+ * sessions see progress while the execution runs.  The slot is also the
+ * execution's liveness (shmem.c): it is taken in the admitting transaction
+ * (sc_occupy_slot), and given up when the ending transaction commits, when
+ * the backend exits, or when an external runner's session runs DISCARD ALL
+ * (as a connection pooler does when its client has gone).
  *
  *-------------------------------------------------------------------------
  */
@@ -30,7 +34,9 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/lock.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -73,7 +79,13 @@ typedef struct CurrentExecution
 static CurrentExecution *current = NULL;
 static SPIPlanPtr report_plan = NULL;
 static SPIPlanPtr hash_plan = NULL;
+static bool exit_callback_registered = false;
+static ProcessUtility_hook_type prev_utility_hook = NULL;
 
+static void release_slot_at_exit(int code, Datum arg);
+static void utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+						 ProcessUtilityContext context, ParamListInfo params,
+						 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc);
 static CurrentExecution *require_current(const char *caller);
 static void publish_counts(void);
 static void flush_report(void);
@@ -86,6 +98,92 @@ int64
 sc_current_execution_id(void)
 {
 	return current ? current->execution_id : 0;
+}
+
+/*
+ * before_shmem_exit: this backend runs no execution any more.
+ */
+static void
+release_slot_at_exit(int code, Datum arg)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+
+	if (slot != NULL)
+		pg_atomic_write_u64(&slot->execution_id, 0);
+}
+
+/*
+ * Claim this backend's progress slot for an execution it is admitting: from
+ * here on (once the admission commits) the execution is alive as long as
+ * this backend is.  Given up again if the transaction aborts.
+ */
+void
+sc_occupy_slot(int64 execution_id)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+	int64		held;
+
+	if (slot == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("smartconnector must be loaded via \"shared_preload_libraries\"")));
+	held = (int64) pg_atomic_read_u64(&slot->execution_id);
+	if (held != 0 && held != execution_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this session already runs execution %lld", (long long) held)));
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(release_slot_at_exit, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	for (int k = 0; k < SC_NUM_ACTIONS; k++)
+		pg_atomic_write_u64(&slot->counts[k], 0);
+	SpinLockAcquire(&sc_shared->mutex);
+	slot->pid = MyProcPid;
+	slot->phase = SC_PHASE_ADMITTED;
+	SpinLockRelease(&sc_shared->mutex);
+	pg_atomic_write_u64(&slot->execution_id, (uint64) execution_id);
+	sc_forget_current_on_abort();
+}
+
+/*
+ * ProcessUtility hook: DISCARD ALL in an external runner's session ends its
+ * claim, as the session's end would.  (A handler cannot run DISCARD ALL:
+ * it runs inside a transaction.)
+ */
+static void
+utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			 ProcessUtilityContext context, ParamListInfo params,
+			 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	bool		discard_all = IsA(stmt, DiscardStmt) &&
+		((DiscardStmt *) stmt)->target == DISCARD_ALL;
+
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+	if (discard_all && current != NULL)
+	{
+		ereport(WARNING,
+				(errmsg("DISCARD ALL ended this session's run of execution %lld",
+						(long long) current->execution_id),
+				 errdetail("It fails as an execution whose runner ended.")));
+		sc_clear_current();
+	}
+}
+
+/*
+ * Install the ProcessUtility hook (from _PG_init).
+ */
+void
+sc_install_utility_hook(void)
+{
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = utility_hook;
 }
 
 /*
@@ -489,7 +587,7 @@ flush_hashes(void)
  * Record the outcome of the current execution in the current transaction:
  * the report rows, the end state (through complete_execution(), which also
  * queues what follows a completion), and on success the new record hashes.
- * The lock is released and the buffers forgotten when this commits; if it
+ * The slot is given up and the buffers forgotten when this commits; if it
  * aborts, nothing is lost and the caller may try again.
  *
  * Returns the end state, or NULL when the execution had already ended
@@ -521,7 +619,6 @@ sc_complete_current(const char *error, const char *metadata_json,
 		state = MemoryContextStrdup(caller_cxt, state);
 	SPI_finish();
 
-	sc_release_execution_lock_at_commit(current->execution_id);
 	sc_clear_current_at_commit();
 	return state;
 }

@@ -4,6 +4,16 @@
  *		Shared memory of smartconnector: where the launcher's latch is, the
  *		executor pool, and one progress slot per backend.
  *
+ * A progress slot names the execution its backend runs, and that is the
+ * execution's liveness: an execution is alive while the backend that
+ * admitted it lives and its slot still names it (sc_runner_alive).  The
+ * slot is set in the transaction that admits the execution (and cleared if
+ * that aborts), cleared when the transaction that ends it commits, and
+ * cleared by the backend's exit; a crash restart clears all of shared
+ * memory.  No SQL function writes slots, so nothing a handler or an
+ * external runner calls (pg_advisory_unlock_all(), DISCARD) can release an
+ * execution's claim on its slot of the connector's limit.
+ *
  * Locking rules:
  *	- ScShared.mutex (a spinlock) protects the launcher fields, the executor
  *	  slots and the "phase" and "pid" fields of progress slots.  Hold it only
@@ -23,6 +33,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/sinvaladt.h"
 
 #include "smartconnector.h"
 
@@ -213,4 +224,31 @@ sc_signal_runner(int64 execution_id)
 		kill(target, SIGINT);
 	SpinLockRelease(&sc_shared->mutex);
 	return target != 0;
+}
+
+/*
+ * Whether a live backend runs execution_id: its progress slot names it and
+ * the backend that set it is still the one in that slot's place.
+ */
+bool
+sc_runner_alive(int64 execution_id)
+{
+	if (sc_shared == NULL)
+		return false;
+	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	{
+		ScProgressSlot *slot = &sc_shared->progress[i];
+		PGPROC	   *proc;
+		pid_t		pid;
+
+		if ((int64) pg_atomic_read_u64(&slot->execution_id) != execution_id)
+			continue;
+		SpinLockAcquire(&sc_shared->mutex);
+		pid = slot->pid;
+		SpinLockRelease(&sc_shared->mutex);
+		proc = BackendIdGetProc(i + 1);
+		if (proc != NULL && proc->pid == pid && pid != 0)
+			return true;
+	}
+	return false;
 }

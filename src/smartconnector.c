@@ -273,6 +273,7 @@ _PG_init(void)
 		return;
 
 	sc_shmem_install_hooks();
+	sc_install_utility_hook();
 	sc_register_launcher();
 	sc_register_dispatcher();
 }

@@ -39,9 +39,10 @@
 /*
  * Advisory lock spaces.  locktag_field4 tells advisory locks apart: SQL's
  * pg_advisory_lock uses 1 and 2, so our values never collide with an
- * application's locks.
+ * application's locks, and no SQL function can take or release ours.
+ * (0x5C01 marked running executions until 0.1's liveness moved to shared
+ * memory; see shmem.c.)
  */
-#define SC_LOCKSPACE_EXECUTION		0x5C01	/* held while an execution runs */
 #define SC_LOCKSPACE_RECORD			0x5C02	/* lock_record() */
 #define SC_LOCKSPACE_ADMISSION		0x5C03	/* admitting, or changing status or limit, by connector */
 
@@ -59,12 +60,18 @@ typedef enum ScAction
 typedef enum ScPhase
 {
 	SC_PHASE_IDLE = 0,
+	SC_PHASE_ADMITTED,			/* admitted in a transaction not yet committed */
 	SC_PHASE_HANDLER,			/* executor: inside the handler */
 	SC_PHASE_EXTERNAL,			/* session: between claim() and finish() */
 	SC_PHASE_COMPLETING			/* executor: recording the outcome */
 } ScPhase;
 
-/* Progress of the execution a backend runs, visible to every session */
+/*
+ * The execution a backend runs, with its progress, visible to every
+ * session.  execution_id is also the execution's liveness: the launcher
+ * fails a running execution that no live backend's slot names.  Only our
+ * code writes slots, so no SQL a handler or runner calls can give one up.
+ */
 typedef struct ScProgressSlot
 {
 	pg_atomic_uint64 execution_id;	/* 0 when none */
@@ -73,11 +80,13 @@ typedef struct ScProgressSlot
 	int			phase;			/* ScPhase; protected by ScShared.mutex */
 } ScProgressSlot;
 
-/* One executor worker of the pool */
+/* One executor worker of the pool; each serves one role */
 typedef struct ScExecutorSlot
 {
 	bool		in_use;			/* registered (starting or running) */
 	bool		idle;			/* waiting for work on its latch */
+	bool		retire;			/* the launcher wants the slot for another role */
+	Oid			role;			/* the role it connects as */
 	pid_t		pid;
 	Latch	   *latch;
 } ScExecutorSlot;
@@ -94,6 +103,7 @@ typedef struct ScShared
 	slock_t		mutex;
 	ScWakeable	launcher;
 	ScWakeable	dispatcher;
+	Oid			database_id;	/* set by the launcher; executors connect to it */
 	int			num_progress_slots;
 	ScProgressSlot *progress;	/* points after executors[] */
 	int			num_executor_slots;
@@ -141,14 +151,12 @@ extern void sc_wake_launcher(void);
 extern void sc_wake_dispatcher(void);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id);
+extern bool sc_runner_alive(int64 execution_id);
 
 /* admission.c */
-extern void sc_execution_locktag(LOCKTAG *tag, int64 execution_id);
-extern void sc_hold_execution_lock(int64 execution_id);
 extern bool sc_lock_admissions(int64 connector_id, bool wait);
 extern void sc_unlock_admissions(int64 connector_id);
 extern bool sc_admissions_locked_by_executors(int64 connector_id);
-extern void sc_release_execution_lock_at_commit(int64 execution_id);
 extern void sc_wake_at_commit(void);
 extern void sc_wake_dispatcher_at_commit(void);
 extern void sc_clear_current_at_commit(void);
@@ -157,19 +165,51 @@ extern void sc_forget_current_on_abort(void);
 /* lifecycle.c: admission and end of executions, with kept plans */
 extern int	sc_pin_settings(void);
 extern void sc_unpin_settings(int nest);
-extern int64 sc_admit_next(void);
+extern int64 sc_admit_next(Oid role);
+extern int64 sc_fail_next(int64 connector_id, const char *api_name, const char *problem);
+extern char *sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
+							   const char *context);
 extern char *sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 							  const char *metadata_json, const char *handler_result_json,
 							  Oid *state_oid);
 
 /* runtime.c */
 extern int64 sc_current_execution_id(void);
+extern void sc_occupy_slot(int64 execution_id);
+extern void sc_install_utility_hook(void);
 extern void sc_begin_current(int64 execution_id, int64 connector_id,
 							 bool diff_check, bool dry_run, ScPhase phase);
 extern void sc_set_phase(ScPhase phase);
 extern void sc_clear_current(void);
 extern char *sc_complete_current(const char *error, const char *metadata_json,
 								 const char *handler_result_json);
+
+/* identity.c: the acting role */
+extern Oid	sc_acting_role(void);
+
+/* binding.c: which routine and role a connector's handler is */
+typedef struct ScBinding
+{
+	Oid			handler;		/* the routine to call, or InvalidOid */
+	Oid			run_as;			/* the role to run it as, or InvalidOid */
+	bool		is_procedure;
+	Oid			rettype;
+	char	   *problem;		/* why it cannot run now, or NULL */
+} ScBinding;
+extern int64 sc_system_identifier(void);
+extern void sc_check_binding(const char *handler, Oid handler_oid, const char *run_as,
+							 Oid run_as_oid, bool bound_here, ScBinding *binding);
+extern char *sc_role_problem(const char *run_as, Oid run_as_oid, bool bound_here, Oid *role);
+
+/* worker.c: the executors' privileged sections */
+typedef struct ScPrivileged
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+} ScPrivileged;
+extern void sc_privileged_begin(ScPrivileged *p);
+extern void sc_privileged_end(ScPrivileged *p);
 
 /* http.c: the delivery transport */
 extern void sc_transport_init(void);

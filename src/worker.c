@@ -4,15 +4,18 @@
  *		Plumbing the three background workers (launcher, executor,
  *		dispatcher) share: registration fields, the short transaction with
  *		an SPI connection and a snapshot that each of their database steps
- *		runs in, and plans kept for the life of the process.
+ *		runs in, plans kept for the life of the process, and the privileged
+ *		sections of the executors.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
@@ -119,4 +122,46 @@ sc_keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/*
+ * Enter a privileged section of an executor, whose session is its role's:
+ * the bookkeeping of admission, loading and ending an execution runs as the
+ * bootstrap superuser, as a security-restricted operation (no temp tables,
+ * no SET ROLE, no cursors WITH HOLD), with our statements' settings pinned
+ * and the user-settable ones that would change what they do put back:
+ * a role's (or a handler's) lock_timeout would break admission waits,
+ * check_function_bodies off would make our triggers take the change for a
+ * dump being restored, transform_null_equals would change comparisons.  No
+ * user-defined code runs inside.  Transaction abort ends it as well.
+ */
+void
+sc_privileged_begin(ScPrivileged *p)
+{
+	static const char *const settings[][2] = {
+		{"lock_timeout", "0"},
+		{"check_function_bodies", "on"},
+		{"transform_null_equals", "off"},
+		{"standard_conforming_strings", "on"},
+	};
+
+	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	p->nest = NewGUCNestLevel();
+	sc_apply_plan_settings(false);
+	for (size_t i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * Leave a privileged section: the session's role and settings again.
+ */
+void
+sc_privileged_end(ScPrivileged *p)
+{
+	AtEOXact_GUC(true, p->nest);
+	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);
 }

@@ -55,8 +55,10 @@ $node->safe_psql('postgres', q{
 	UPDATE smartconnector.connector SET status = 'need_attention' WHERE api_name = 'customers';
 });
 
+# (the bindings of handler and run_as are per cluster: compared below)
 my $snapshot = q{
-	SELECT c::text FROM smartconnector.connector c ORDER BY id;
+	SELECT to_jsonb(c) - '{handler_oid,run_as_oid,bound_in}'::text[]
+	  FROM smartconnector.connector c ORDER BY id;
 	SELECT a.alias, a.connector_id FROM smartconnector.api_name_alias a ORDER BY 1;
 	SELECT id, api_name, changed_by, action, column_name, old_value, new_value
 	  FROM smartconnector.settings_history ORDER BY id;
@@ -74,6 +76,10 @@ $copy->command_ok(
 	'restore succeeds');
 is($copy->safe_psql('postgres', $snapshot), $before,
 	'connectors, aliases and history are identical after restore');
+is($copy->safe_psql('postgres', q{SELECT handler_oid = 'public.load_orders(jsonb)'::regprocedure
+	AND run_as_oid = 'postgres'::regrole AND bound_in = smartconnector.system_identifier()
+	FROM smartconnector.connector WHERE api_name = 'orders_v2'}), 't',
+	'the restored handler and run_as are bound to the objects of the new cluster');
 
 # The restored sequences continue, so new connectors and history do not collide.
 $copy->safe_psql('postgres', "SELECT smartconnector.create_connector('Invoices', 'invoices')");

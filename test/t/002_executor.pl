@@ -11,7 +11,7 @@ use SmartConnectorTest qw(new_node wait_until start_pgbench finish_pgbench);
 my $node = new_node('executor', conf => "smartconnector.executor_idle_timeout = 3\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION smartconnector;
-	CREATE ROLE regress_etl;
+	CREATE ROLE regress_etl LOGIN;
 	CREATE TABLE public.target (k text PRIMARY KEY, v integer NOT NULL);
 	CREATE TABLE public.counter (id integer PRIMARY KEY, v integer NOT NULL);
 	INSERT INTO public.counter VALUES (1, 0);
