@@ -1306,6 +1306,17 @@ $$;
 COMMENT ON FUNCTION smartconnector.output_report_url(bigint) IS
 	'Download URL of an execution''s output report, from smartconnector.report_url_template (NULL when unset)';
 
+/* The executor pool: one executor per slot, each serving one role. */
+CREATE FUNCTION smartconnector.executor_slots(OUT slot integer, OUT pid integer, OUT role name,
+										 OUT state text)
+RETURNS SETOF record LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'executor_slots';
+COMMENT ON FUNCTION smartconnector.executor_slots() IS
+	'The executor workers: slot, pid, the role each connects as, and state (starting, idle, busy, retiring)';
+CREATE VIEW smartconnector.executors AS SELECT * FROM smartconnector.executor_slots();
+COMMENT ON VIEW smartconnector.executors IS
+	'The executor pool (smartconnector.max_workers slots, shared by the run_as roles): slot, pid, role, state';
+
 CREATE VIEW smartconnector.execution_progress AS
 	SELECT p.execution_id, c.api_name, e.started_at,
 		   pg_catalog.clock_timestamp() - e.started_at AS running_for,
@@ -1937,8 +1948,9 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.progress()
 	TO smartconnector_viewer;
 GRANT SELECT ON smartconnector.execution, smartconnector.execution_record,
-	smartconnector.execution_progress, smartconnector.user_email
+	smartconnector.execution_progress, smartconnector.executors, smartconnector.user_email
 	TO smartconnector_viewer;
+GRANT EXECUTE ON FUNCTION smartconnector.executor_slots() TO smartconnector_viewer;
 GRANT EXECUTE ON FUNCTION smartconnector.execution_metadata(bigint) TO smartconnector_viewer;
 GRANT EXECUTE ON FUNCTION
 	smartconnector.schedules(),

@@ -28,16 +28,23 @@
 
 #include <signal.h>
 
+#include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/sinvaladt.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/tuplestore.h"
 
 #include "smartconnector.h"
 
 ScShared   *sc_shared = NULL;
+
+PG_FUNCTION_INFO_V1(executor_slots);
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -251,4 +258,47 @@ sc_runner_alive(int64 execution_id)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * executor_slots() returns setof (slot, pid, role, state): the executor pool as
+ * the launcher keeps it.  state is starting, idle, busy, or retiring (its
+ * slot is wanted for another role's work).
+ */
+Datum
+executor_slots(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (sc_shared == NULL)
+		return (Datum) 0;
+	for (int i = 0; i < sc_shared->num_executor_slots; i++)
+	{
+		ScExecutorSlot copy;
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		char	   *role;
+
+		SpinLockAcquire(&sc_shared->mutex);
+		copy = sc_shared->executors[i];
+		SpinLockRelease(&sc_shared->mutex);
+		if (!copy.in_use)
+			continue;
+		values[0] = Int32GetDatum(i);
+		if (copy.pid == 0)
+			nulls[1] = true;
+		else
+			values[1] = Int32GetDatum(copy.pid);
+		role = OidIsValid(copy.role) ? GetUserNameFromId(copy.role, true) : NULL;
+		if (role == NULL)
+			nulls[2] = true;
+		else
+			values[2] = DirectFunctionCall1(namein, CStringGetDatum(role));
+		values[3] = CStringGetTextDatum(copy.retire ? "retiring" :
+										copy.latch == NULL ? "starting" :
+										copy.idle ? "idle" : "busy");
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

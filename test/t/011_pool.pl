@@ -1,0 +1,105 @@
+# The executor pool is shared by the run_as roles: an executor serves the
+# one role it connects as, each role with work gets a fair share of the
+# slots, and a role's backlog never holds another role's work back for
+# longer than the execution in progress.  A role no executor can connect as
+# fails its executions, saying why.  An external runner's claim ends with
+# its session or a DISCARD ALL, never with pg_advisory_unlock_all().
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use SmartConnectorTest qw(new_node wait_until);
+
+my $node = new_node('pool', conf => "smartconnector.max_workers = 2\n");
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION smartconnector;
+	CREATE ROLE regress_a LOGIN;
+	CREATE ROLE regress_b LOGIN;
+	CREATE ROLE regress_c LOGIN;
+	CREATE FUNCTION public.work(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		IF ctx -> 'input' ? 'wait_lock' THEN
+			PERFORM pg_advisory_lock((ctx -> 'input' ->> 'wait_lock')::bigint);
+			PERFORM pg_advisory_unlock((ctx -> 'input' ->> 'wait_lock')::bigint);
+		END IF;
+	END $$;
+	SELECT smartconnector.create_connector('A', 'a', handler => 'public.work(jsonb)',
+		run_as => 'regress_a', status => 'operational', max_concurrent_executions => 4);
+	SELECT smartconnector.create_connector('B', 'b', handler => 'public.work(jsonb)',
+		run_as => 'regress_b', status => 'operational');
+	SELECT smartconnector.create_connector('C', 'c', handler => 'public.work(jsonb)',
+		run_as => 'regress_c', status => 'operational', max_concurrent_executions => 0);
+	SELECT smartconnector.create_connector('Ext', 'ext', status => 'operational',
+		max_concurrent_executions => 2);
+});
+
+sub state_of
+{
+	my ($id) = @_;
+	return $node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $id");
+}
+
+# --- one role's backlog does not hold another role's work back ---
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('SELECT pg_advisory_lock(501), pg_advisory_lock(502)');
+my @a = split /\n/, $node->safe_psql('postgres', q{
+	SELECT smartconnector.trigger('a', jsonb_build_object('wait_lock', CASE WHEN n <= 2 THEN 501 ELSE 502 END))
+	  FROM generate_series(1, 4) n ORDER BY 1});
+wait_until($node, "SELECT count(*) = 2 FROM smartconnector.execution WHERE id IN ($a[0], $a[1]) AND state = 'running'",
+	'the first two of A run, in both slots of the pool');
+is($node->safe_psql('postgres', q{SELECT string_agg(role || ' ' || state, ', ' ORDER BY slot) FROM smartconnector.executors}),
+	'regress_a busy, regress_a busy', 'the pool shows two busy executors of A');
+my $b = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b')});
+wait_until($node, q{SELECT count(*) = 1 FROM smartconnector.executors WHERE state = 'retiring'},
+	'B has work and no slot: an executor of A, over its share, is asked to make room');
+$holder->query_safe('SELECT pg_advisory_unlock(501)');
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $b",
+	'once A\'s executions in progress end, B runs');
+is(state_of($a[2]) . ' ' . state_of($a[3]), 'running queued',
+	'while A\'s backlog still waits: B did not wait for it');
+$holder->query_safe('SELECT pg_advisory_unlock(502)');
+wait_until($node, "SELECT count(*) = 4 FROM smartconnector.execution WHERE id IN (" . join(',', @a) . ") AND state = 'success'",
+	'then A\'s backlog drains');
+$holder->quit;
+
+# --- a role no executor can connect as fails its executions, saying why ---
+my $c = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('c')});
+$node->safe_psql('postgres', q{ALTER ROLE regress_c NOLOGIN;
+	SELECT smartconnector.set_max_concurrent_executions('c', 1)});
+wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $c",
+	'an execution of a connector whose run_as cannot log in fails');
+like($node->safe_psql('postgres', "SELECT error || ': ' || (metadata -> 'error' ->> 'detail') FROM smartconnector.execution WHERE id = $c"),
+	qr/^connector "c" cannot execute: The run_as role "regress_c" cannot log in/, 'with the reason');
+is($node->safe_psql('postgres', q{SELECT status FROM smartconnector.connector WHERE api_name = 'c'}),
+	'need_attention', 'and the connector needs attention');
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT smartconnector.set_status('c', 'operational')});
+like($err, qr/cannot be made operational.*cannot log in/s, 'it cannot be made operational again until fixed');
+
+# --- an external runner's claim: DISCARD ALL ends it, pg_advisory_unlock_all() does not ---
+my $runner = $node->background_psql('postgres');
+my $e1 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($runner->query_safe(q{SELECT smartconnector.claim('ext')}), $e1, 'an external runner claims');
+$runner->query_safe('SELECT pg_advisory_unlock_all()');
+# a launcher pass that checks every running execution: another runner's session ends
+my $other = $node->background_psql('postgres');
+my $e2 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($other->query_safe(q{SELECT smartconnector.claim('ext')}), $e2, 'a second runner claims');
+my $other_pid = $other->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($other_pid)");
+$other->{run}->kill_kill;
+wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $e2",
+	'the launcher fails the execution of the runner that ended');
+is(state_of($e1), 'running', 'the runner that called pg_advisory_unlock_all() still holds its claim');
+is($runner->query_safe("SELECT smartconnector.finish($e1)"), 'success', 'and finishes it');
+my $e3 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($runner->query_safe(q{SELECT smartconnector.claim('ext')}), $e3, 'it claims the next');
+$runner->query('DISCARD ALL');
+like($runner->{stderr}, qr/WARNING:  DISCARD ALL ended this session's run of execution $e3/,
+	'DISCARD ALL (a pooler reusing the session) warns');
+wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $e3",
+	'and ends the claim: the execution fails as a runner that ended');
+$runner->{stderr} = '';
+$runner->quit;
+
+done_testing();
