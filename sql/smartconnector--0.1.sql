@@ -1088,9 +1088,13 @@ AS 'MODULE_PATHNAME', 'complete_execution';
 
 /*
  * One launcher pass: fail running executions whose runner is gone (no live
- * backend's progress slot names them), and count the running ones.
+ * backend's progress slot names them), with the reason the launcher gives
+ * for those whose executor it terminated ({"id": reason}), and count the
+ * running ones.  One that cannot be ended now because a user's open
+ * transaction holds a lock it needs (the launcher's lock_timeout) is left
+ * for the next pass.
  */
-CREATE FUNCTION smartconnector.launcher_pass(OUT running integer)
+CREATE FUNCTION smartconnector.launcher_pass(reasons jsonb, OUT running integer)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1105,11 +1109,16 @@ BEGIN
 			/* counts the dead runner published, if its progress slot still has them */
 			SELECT p.records_created, p.records_updated, p.records_skipped, p.records_failed
 			  INTO counts FROM smartconnector.progress() p WHERE p.execution_id = r.id;
-			PERFORM smartconnector.complete_execution(r.id,
-				coalesce(counts.records_created, 0), coalesce(counts.records_updated, 0),
-				coalesce(counts.records_skipped, 0), coalesce(counts.records_failed, 0),
-				'runner ended before the execution finished (its session or worker exited)',
-				NULL, NULL);
+			BEGIN
+				PERFORM smartconnector.complete_execution(r.id,
+					coalesce(counts.records_created, 0), coalesce(counts.records_updated, 0),
+					coalesce(counts.records_skipped, 0), coalesce(counts.records_failed, 0),
+					coalesce(reasons ->> r.id::text,
+							 'runner ended before the execution finished (its session or worker exited)'),
+					NULL, NULL);
+			EXCEPTION WHEN lock_not_available THEN
+				NULL;
+			END;
 		END IF;
 	END LOOP;
 	SELECT count(*) INTO running FROM smartconnector.execution WHERE state = 'running';
@@ -1551,14 +1560,33 @@ AS 'MODULE_PATHNAME', 'retention_cutoff';
 COMMENT ON FUNCTION smartconnector.retention_cutoff() IS
 	'now() minus smartconnector.history_retention, or NULL when history is kept forever';
 
-/* The job that pg_cron runs for a schedule: queue one execution. */
+/* Raised by trigger_scheduled() outside a pg_cron job. */
+CREATE FUNCTION smartconnector.refuse_unscheduled()
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION 'smartconnector.trigger_scheduled() is for pg_cron jobs'
+		USING ERRCODE = 'insufficient_privilege',
+			  HINT = 'Use smartconnector.trigger(), or smartconnector.schedule() to run a connector on a schedule.';
+END
+$$;
+
+/*
+ * The job that pg_cron runs for a schedule: queue one execution, with
+ * trigger_type schedule (so only from a pg_cron job, see
+ * caller_trigger_type()).
+ */
 CREATE FUNCTION smartconnector.trigger_scheduled_impl(connector_id bigint)
 RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT smartconnector.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
+	SELECT CASE WHEN smartconnector.caller_trigger_type() = 'schedule'
+				THEN smartconnector.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
+				ELSE smartconnector.refuse_unscheduled() END
 $$;
 CREATE FUNCTION smartconnector.trigger_scheduled(connector_id bigint)
 RETURNS bigint

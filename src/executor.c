@@ -38,7 +38,10 @@
  * handler's call.  Query cancel is held off everywhere except while the
  * handler runs, so a late signal can never break admission or the
  * recording of an outcome; such a cancel is still honoured, because the
- * outcome is "cancelled" whenever cancel_requested is set.
+ * outcome is "cancelled" whenever cancel_requested is set.  A handler can
+ * catch the query cancel (EXCEPTION WHEN query_canceled) and go on; the
+ * launcher then terminates the executor once smartconnector.cancel_grace
+ * has passed (the progress slot says by when), and ends the execution.
  *
  *-------------------------------------------------------------------------
  */
@@ -330,11 +333,19 @@ call_handler(ExecInfo *info)
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	/* let cancel() and statement_timeout in: only now, and only for this call */
+	/*
+	 * Let cancel() and statement_timeout in: only now, and only for this
+	 * call.  A handler that catches the cancel they send and goes on is
+	 * terminated by the launcher after smartconnector.cancel_grace.
+	 */
 	QueryCancelPending = false;
-	sc_set_phase(SC_PHASE_HANDLER);
 	if (StatementTimeout > 0)
+	{
+		sc_set_stop_by(GetCurrentTimestamp() +
+					   ((TimestampTz) StatementTimeout + sc_cancel_grace_ms) * 1000, false);
 		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
+	}
+	sc_set_phase(SC_PHASE_HANDLER);
 	RESUME_CANCEL_INTERRUPTS();
 	CHECK_FOR_INTERRUPTS();
 
@@ -343,6 +354,7 @@ call_handler(ExecInfo *info)
 	HOLD_CANCEL_INTERRUPTS();
 	disable_timeout(STATEMENT_TIMEOUT, false);
 	sc_set_phase(SC_PHASE_COMPLETING);
+	sc_set_stop_by(0, false);
 	PopActiveSnapshot();
 
 	if (!fcinfo->isnull && info->binding.rettype == JSONBOID)
@@ -414,10 +426,13 @@ run_execution(int64 execution_id)
 		ErrorData  *edata;
 
 		disable_timeout(STATEMENT_TIMEOUT, false);
+		sc_set_phase(SC_PHASE_COMPLETING);
+		sc_set_stop_by(0, false);
 		MemoryContextSwitchTo(executor_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		sc_privileged_reset();
 		MemoryContextSwitchTo(executor_cxt);
 		hold_cancel();
 		error = edata->message;
@@ -455,6 +470,7 @@ run_execution(int64 execution_id)
 		EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		sc_privileged_reset();
 		hold_cancel();
 		sc_clear_current();
 	}
@@ -524,6 +540,7 @@ sc_executor_main(Datum main_arg)
 			EmitErrorReport();
 			FlushErrorState();
 			AbortOutOfAnyTransaction();
+			sc_privileged_reset();
 			hold_cancel();
 			execution_id = -1;
 		}

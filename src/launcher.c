@@ -14,11 +14,27 @@
  * execution) to make room.  A role with work therefore never waits for
  * another role's backlog to drain, only for the execution in progress.
  *
+ * When more roles have work than there are slots, the roles without one
+ * take turns: for each, the executor that has served its role longest
+ * retires after its execution.
+ *
  * Connectors whose run_as role no executor can connect as (it was dropped,
  * renamed, or cannot log in) would wait forever: the launcher fails their
  * queued executions itself, in order and under their limits, saying why.
  * It also binds connectors restored or upgraded from another cluster again
  * (binding.c), when it starts and then every minute.
+ *
+ * A handler can catch the query cancel that cancel() and statement_timeout
+ * send, and go on: the launcher terminates its executor once the progress
+ * slot's stop_by has passed, and fails (or cancels) the execution with the
+ * reason.
+ *
+ * The launcher runs as the bootstrap superuser, so its statements run with
+ * search_path pinned (an operator of a user's on our enum types, in a
+ * schema on the default path, would otherwise run as superuser), and it
+ * never waits long for a lock that a user's open transaction holds: what
+ * cannot be done now is skipped (lock_timeout, subtransactions) and done at
+ * a later pass, while other connectors are served.
  *
  * It starts only once the server accepts writes (never on a standby), and
  * is woken through its latch at the commit of anything that may let an
@@ -35,6 +51,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
@@ -50,7 +68,10 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -66,11 +87,34 @@
 
 /* Fail at most this many executions of unrunnable connectors per pass */
 #define FAIL_BATCH					100
+/* How long the launcher waits for a lock before it leaves the work for later */
+#define LAUNCHER_LOCK_TIMEOUT		"100ms"
+/* Reasons of terminated executors remembered until their executions end */
+#define MAX_STOPPED					64
+
+typedef struct Stopped
+{
+	int64		execution_id;
+	const char *reason;
+} Stopped;
+static Stopped stopped[MAX_STOPPED];
+static int	n_stopped = 0;
+
+/* When each role last had an executor, for taking turns (see manage_executors) */
+#define MAX_SERVED					256
+typedef struct Served
+{
+	Oid			role;
+	TimestampTz at;
+} Served;
+static Served served[MAX_SERVED];
+static int	n_served = 0;
 
 /* A role with executions that may start now */
 typedef struct RoleDemand
 {
 	Oid			role;
+	TimestampTz last_served;	/* when it last had an executor (0: never) */
 	int			admissible;		/* executions that may start now */
 	int			running;		/* executions its executors run */
 	int			share;			/* slots it should have */
@@ -82,7 +126,10 @@ static BackgroundWorkerHandle **executor_handles = NULL;	/* per slot */
 static bool start_failure_logged = false;
 
 static bool cleanup_batch(void);
-static void bind_foreign_connectors(void);
+static bool in_subtransaction(void (*work) (void *), void *arg);
+static void bind_foreign_connectors(void *arg);
+static void stop_overdue_handlers(void);
+static char *stopped_reasons(void);
 static bool fail_unrunnable(Oid role, const char *run_as, const char *problem);
 static bool launcher_pass(int *running, List **demand, bool *more);
 static void fair_shares(List *demand, int slots);
@@ -104,12 +151,50 @@ sc_register_launcher(void)
 }
 
 /*
+ * Do some work in a subtransaction; if it cannot get a lock in time
+ * (lock_not_available: a user's transaction holds it), undo it and return
+ * false, so that the rest of the pass goes on.  Other errors propagate.
+ */
+static bool
+in_subtransaction(void (*work) (void *), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool done = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		work(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		done = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return done;
+}
+
+/*
  * Bind connectors whose binding was made in another cluster (after
  * pg_upgrade, or a restore with triggers disabled) again, by name: an
  * UPDATE of bound_in asks connector_bind() to bind again (binding.c).
  */
 static void
-bind_foreign_connectors(void)
+bind_foreign_connectors(void *arg)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(sc_system_identifier())};
@@ -126,6 +211,24 @@ bind_foreign_connectors(void)
 						(unsigned long long) SPI_processed)));
 	(void) set_config_option("smartconnector.internal_change", "", PGC_SUSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/* One connector's queued executions to fail (fail_unrunnable) */
+typedef struct FailWork
+{
+	int64		connector_id;
+	const char *api_name;
+	const char *problem;
+	int			failed;
+} FailWork;
+
+static void
+fail_connector(void *arg)
+{
+	FailWork   *w = (FailWork *) arg;
+
+	while (w->failed < FAIL_BATCH && sc_fail_next(w->connector_id, w->api_name, w->problem) > 0)
+		w->failed++;
 }
 
 /*
@@ -157,14 +260,84 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 	for (uint64 i = 0; i < n && failed < FAIL_BATCH; i++)
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(connectors->vals[i], connectors->tupdesc, 1, &isnull));
-		char	   *api_name = SPI_getvalue(connectors->vals[i], connectors->tupdesc, 2);
+		FailWork	w;
 
-		while (failed < FAIL_BATCH && sc_fail_next(id, api_name, problem) > 0)
-			failed++;
+		w.connector_id = DatumGetInt64(SPI_getbinval(connectors->vals[i], connectors->tupdesc, 1, &isnull));
+		w.api_name = SPI_getvalue(connectors->vals[i], connectors->tupdesc, 2);
+		w.problem = problem;
+		w.failed = failed;
+		if (in_subtransaction(fail_connector, &w))
+			failed = w.failed;
 	}
 	SPI_freetuptable(connectors);
 	return failed >= FAIL_BATCH;
+}
+
+/*
+ * Terminate executors whose handler has not stopped by its slot's stop_by
+ * (it caught the query cancel of cancel() or of its statement_timeout), and
+ * remember why, for the message its execution ends with.
+ */
+static void
+stop_overdue_handlers(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	{
+		ScProgressSlot *slot = &sc_shared->progress[i];
+		int64		id = (int64) pg_atomic_read_u64(&slot->execution_id);
+		pid_t		pid = 0;
+		bool		for_cancel = false;
+
+		if (id == 0)
+			continue;
+		SpinLockAcquire(&sc_shared->mutex);
+		if (slot->phase == SC_PHASE_HANDLER && slot->stop_by != 0 && now >= slot->stop_by)
+		{
+			pid = slot->pid;
+			for_cancel = slot->stop_for_cancel;
+			slot->stop_by = 0;	/* once */
+		}
+		SpinLockRelease(&sc_shared->mutex);
+		if (pid == 0)
+			continue;
+		ereport(LOG,
+				(errmsg("smartconnector terminates the executor (pid %d) of execution %lld: its handler did not stop %s",
+						(int) pid, (long long) id,
+						for_cancel ? "when it was cancelled" : "at its statement_timeout")));
+		if (n_stopped == MAX_STOPPED)
+		{
+			memmove(&stopped[0], &stopped[1], sizeof(Stopped) * (MAX_STOPPED - 1));
+			n_stopped--;
+		}
+		stopped[n_stopped].execution_id = id;
+		stopped[n_stopped].reason = for_cancel ?
+			"the handler did not stop when it was cancelled: its executor was terminated" :
+			"canceling statement due to statement timeout: the handler did not stop, and its executor was terminated";
+		n_stopped++;
+		kill(pid, SIGTERM);
+	}
+}
+
+/*
+ * The reasons of terminated executors as a jsonb object {"id": reason};
+ * launcher_pass() ends their executions with them.
+ */
+static char *
+stopped_reasons(void)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < n_stopped; i++)
+	{
+		appendStringInfo(&buf, "%s\"%lld\": ", i > 0 ? ", " : "", (long long) stopped[i].execution_id);
+		escape_json(&buf, stopped[i].reason);
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
 }
 
 /*
@@ -186,6 +359,7 @@ launcher_pass(int *running, List **demand, bool *more)
 	*demand = NIL;
 	*more = false;
 
+	stop_overdue_handlers();
 	sc_work_begin("smartconnector: checking runners");
 
 	installed = sc_extension_installed();
@@ -199,12 +373,19 @@ launcher_pass(int *running, List **demand, bool *more)
 
 		if (!bound || GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_bind, CLEANUP_INTERVAL_MS))
 		{
-			bind_foreign_connectors();
+			(void) in_subtransaction(bind_foreign_connectors, NULL);
 			bound = true;
 			last_bind = GetCurrentTimestamp();
 		}
 
-		ret = SPI_execute("SELECT smartconnector.launcher_pass()", false, 1);
+		{
+			Oid			reason_type[1] = {JSONBOID};
+			Datum		reasons[1];
+
+			reasons[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(stopped_reasons()));
+			ret = SPI_execute_with_args("SELECT smartconnector.launcher_pass($1)",
+										1, reason_type, reasons, NULL, false, 1);
+		}
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "smartconnector.launcher_pass() failed: %s", SPI_result_code_string(ret));
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -312,6 +493,7 @@ start_executor(int slot, Oid role)
 
 	SpinLockAcquire(&sc_shared->mutex);
 	sc_shared->executors[slot].role = role;
+	sc_shared->executors[slot].since = GetCurrentTimestamp();
 	SpinLockRelease(&sc_shared->mutex);
 
 	/* the handle outlives this pass: allocate it where pass_cxt resets cannot free it */
@@ -380,6 +562,52 @@ fair_shares(List *demand, int slots)
 	pfree(by_want);
 }
 
+/*
+ * Remember that role has an executor now; or look up when it last had one
+ * (at == 0).  When the table is full the entry served longest ago goes.
+ */
+static TimestampTz
+role_served(Oid role, TimestampTz at)
+{
+	int			oldest = 0;
+
+	for (int i = 0; i < n_served; i++)
+	{
+		if (served[i].role == role)
+		{
+			if (at != 0)
+				served[i].at = at;
+			return served[i].at;
+		}
+		if (served[i].at < served[oldest].at)
+			oldest = i;
+	}
+	if (at == 0)
+		return 0;
+	if (n_served < MAX_SERVED)
+		oldest = n_served++;
+	served[oldest].role = role;
+	served[oldest].at = at;
+	return at;
+}
+
+/* Order of the roles when slots are handed out: served longest ago first */
+static int
+served_cmp(const ListCell *a, const ListCell *b)
+{
+	TimestampTz x = ((RoleDemand *) lfirst(a))->last_served;
+	TimestampTz y = ((RoleDemand *) lfirst(b))->last_served;
+
+	return (x > y) - (x < y);
+}
+
+/* How many executors a role should have now: its share, at least one with work */
+static int
+role_target(RoleDemand *r)
+{
+	return Max(r->share, r->admissible > 0 ? 1 : 0);
+}
+
 /* The demand entry of a role, or NULL */
 static RoleDemand *
 role_demand(List *demand, Oid role)
@@ -407,6 +635,7 @@ static void
 manage_executors(List *demand)
 {
 	int			free_slots = 0;
+	int			exiting = 0;	/* exited, not reaped yet: free soon */
 	int			unmet = 0;
 	int			retiring = 0;
 	ListCell   *lc;
@@ -444,6 +673,8 @@ manage_executors(List *demand)
 		{
 			if (executor_handles[i] == NULL)
 				free_slots++;
+			else
+				exiting++;
 			continue;
 		}
 		if (slot->retire)
@@ -462,7 +693,21 @@ manage_executors(List *demand)
 	}
 	SpinLockRelease(&sc_shared->mutex);
 
-	/* start executors for roles below their share, one per role in turn */
+	/* the roles served longest ago get free slots first: so they take turns */
+	foreach(lc, demand)
+	{
+		RoleDemand *r = (RoleDemand *) lfirst(lc);
+
+		r->last_served = (r->executors > 0) ? role_served(r->role, GetCurrentTimestamp())
+			: role_served(r->role, 0);
+	}
+	list_sort(demand, served_cmp);
+
+	/*
+	 * Start executors for roles below their target, one per role in turn:
+	 * its share, and at least one for a role with work (more roles have
+	 * work than there are slots: the roles without one take turns).
+	 */
 	for (bool started = true; started && free_slots > 0;)
 	{
 		started = false;
@@ -471,7 +716,7 @@ manage_executors(List *demand)
 			RoleDemand *r = (RoleDemand *) lfirst(lc);
 			int			slot = -1;
 
-			if (free_slots == 0 || r->admissible <= r->available || r->executors >= r->share)
+			if (free_slots == 0 || r->admissible <= r->available || r->executors >= role_target(r))
 				continue;
 			SpinLockAcquire(&sc_shared->mutex);
 			for (int i = 0; i < sc_shared->num_executor_slots && slot < 0; i++)
@@ -503,38 +748,57 @@ manage_executors(List *demand)
 			free_slots--;
 			r->executors++;
 			r->available++;
+			(void) role_served(r->role, GetCurrentTimestamp());
 			started = true;
 		}
 	}
 
-	/* no slot left: make room, from roles over their share, idle ones first */
+	/*
+	 * No slot left: make room.  First from roles over their share (idle
+	 * executors first); then, for each role with work and no executor at all
+	 * (more roles have work than there are slots), from the executor that
+	 * has served its role longest, so that the roles take turns.
+	 */
 	foreach(lc, demand)
 	{
 		RoleDemand *r = (RoleDemand *) lfirst(lc);
 
-		if (r->admissible > r->available && r->executors < r->share)
-			unmet += Min(r->admissible - r->available, r->share - r->executors);
+		if (r->admissible > r->available && r->executors < role_target(r))
+			unmet += Min(r->admissible - r->available, role_target(r) - r->executors);
 	}
-	unmet -= retiring;
-	for (int pass = 0; pass < 2 && unmet > 0; pass++)
+	unmet -= retiring + exiting + free_slots;
+	for (int pass = 0; pass < 3 && unmet > 0; pass++)
 	{
 		SpinLockAcquire(&sc_shared->mutex);
-		for (int i = 0; i < sc_shared->num_executor_slots && unmet > 0; i++)
+		while (unmet > 0)
 		{
-			ScExecutorSlot *slot = &sc_shared->executors[i];
-			RoleDemand *r;
+			int			victim = -1;
 
-			if (!slot->in_use || slot->retire || slot->latch == NULL)
-				continue;
-			if (pass == 0 && !slot->idle)
-				continue;
-			r = role_demand(demand, slot->role);
-			if (r != NULL && r->executors <= r->share)
-				continue;
-			slot->retire = true;
-			SetLatch(slot->latch);
-			if (r != NULL)
-				r->executors--;
+			for (int i = 0; i < sc_shared->num_executor_slots; i++)
+			{
+				ScExecutorSlot *slot = &sc_shared->executors[i];
+				RoleDemand *r;
+
+				if (!slot->in_use || slot->retire || slot->latch == NULL)
+					continue;
+				if (pass == 0 && !slot->idle)
+					continue;
+				r = role_demand(demand, slot->role);
+				if (pass < 2 && r != NULL && r->executors <= r->share)
+					continue;
+				if (victim < 0 || slot->since < sc_shared->executors[victim].since)
+					victim = i;
+			}
+			if (victim < 0)
+				break;
+			sc_shared->executors[victim].retire = true;
+			SetLatch(sc_shared->executors[victim].latch);
+			{
+				RoleDemand *r = role_demand(demand, sc_shared->executors[victim].role);
+
+				if (r != NULL)
+					r->executors--;
+			}
 			unmet--;
 		}
 		SpinLockRelease(&sc_shared->mutex);
@@ -558,6 +822,8 @@ sc_launcher_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(sc_database_name, NULL, 0);
 	pgstat_report_appname("smartconnector launcher");
 	sc_shared->database_id = MyDatabaseId;
+	sc_apply_plan_settings(true);
+	SetConfigOption("lock_timeout", LAUNCHER_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 
 	executor_handles = MemoryContextAllocZero(TopMemoryContext,
 											  sizeof(BackgroundWorkerHandle *) * sc_max_workers);

@@ -97,13 +97,17 @@ static void spi_connect(void);
 /*
  * Pin the settings our statements are planned and run with
  * (sc_apply_plan_settings()); returns the GUC nest level to restore with
- * sc_unpin_settings().  (An abort restores them by itself.)
+ * sc_unpin_settings().  (An abort restores them by itself.)  Inside an
+ * executor's privileged section they are pinned already.
  */
 int
 sc_pin_settings(void)
 {
-	int			nest = NewGUCNestLevel();
+	int			nest;
 
+	if (sc_plan_settings_pinned())
+		return 0;
+	nest = NewGUCNestLevel();
 	sc_apply_plan_settings(false);
 	return nest;
 }
@@ -111,7 +115,8 @@ sc_pin_settings(void)
 void
 sc_unpin_settings(int nest)
 {
-	AtEOXact_GUC(true, nest);
+	if (nest > 0)
+		AtEOXact_GUC(true, nest);
 }
 
 static void
@@ -583,7 +588,8 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 	/*
 	 * Only a running execution ends, once: a concurrent end makes this
 	 * UPDATE find the row no longer running (it rechecks after waiting).
-	 * Metadata and a handler's result that are not objects are wrapped.  The
+	 * Metadata and a handler's result that are not objects are wrapped, and
+	 * cannot set cancelled_by: only cancel() writes that key.  The
 	 * state is compared as text so that the plan goes by primary key: with
 	 * "state = 'running'" the kept generic plan read the whole partial index
 	 * of running executions, dead entries of every recent end included.
@@ -600,13 +606,14 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 		"       records_skipped = $4, records_failed = $5,"
 		"       records_total = $2 + $3 + $4 + $5,"
 		"       error = CASE WHEN x.cancel_requested THEN NULL ELSE $6 END,"
-		"       metadata = x.metadata"
+		"       metadata = (x.metadata"
 		"           || CASE WHEN $7 IS NULL THEN '{}'::jsonb"
 		"                   WHEN jsonb_typeof($7) = 'object' THEN $7"
 		"                   ELSE jsonb_build_object('metadata', $7) END"
 		"           || CASE WHEN $8 IS NULL THEN '{}'::jsonb"
 		"                   WHEN jsonb_typeof($8) = 'object' THEN $8"
-		"                   ELSE jsonb_build_object('result', $8) END"
+		"                   ELSE jsonb_build_object('result', $8) END) - 'cancelled_by'"
+		"           || jsonb_strip_nulls(jsonb_build_object('cancelled_by', x.metadata -> 'cancelled_by'))"
 		"  FROM smartconnector.connector c"
 		" WHERE x.id = $1 AND x.state::text = 'running' AND c.id = x.connector_id"
 		" RETURNING x.state::text, x.state," FOLLOWER_COLUMNS,
@@ -712,7 +719,9 @@ sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
  * Admit the next execution of a connector that no executor can run (its
  * run_as role cannot be connected as) and end it failed, in the caller's
  * transaction, in queue order and under the connector's limit like any
- * admission.  Returns its id, or 0 if none may start now.
+ * admission.  Returns its id, or 0 if none may start now, or if another
+ * transaction holds the connector's admission lock (the launcher, which
+ * calls this, never waits for one).
  */
 int64
 sc_fail_next(int64 connector_id, const char *api_name, const char *problem)
@@ -723,14 +732,14 @@ sc_fail_next(int64 connector_id, const char *api_name, const char *problem)
 	int64		id;
 
 	spi_connect();
-	id = admit_connector(connector_id, true, true, false, &next_head);
+	id = admit_connector(connector_id, true, false, false, &next_head);
 	if (id > 0)
 		(void) sc_end_execution(id, counts,
 								psprintf("connector \"%s\" cannot execute", api_name),
 								sc_error_metadata("55000", problem, NULL, NULL), NULL, NULL);
 	SPI_finish();
 	sc_unpin_settings(nest);
-	return id;
+	return Max(id, 0);
 }
 
 /*

@@ -142,6 +142,8 @@ sc_occupy_slot(int64 execution_id)
 	SpinLockAcquire(&sc_shared->mutex);
 	slot->pid = MyProcPid;
 	slot->phase = SC_PHASE_ADMITTED;
+	slot->stop_by = 0;
+	slot->stop_for_cancel = false;
 	SpinLockRelease(&sc_shared->mutex);
 	pg_atomic_write_u64(&slot->execution_id, (uint64) execution_id);
 	sc_forget_current_on_abort();
@@ -263,6 +265,8 @@ sc_clear_current(void)
 	{
 		SpinLockAcquire(&sc_shared->mutex);
 		slot->phase = SC_PHASE_IDLE;
+		slot->stop_by = 0;
+		slot->stop_for_cancel = false;
 		SpinLockRelease(&sc_shared->mutex);
 		pg_atomic_write_u64(&slot->execution_id, 0);
 	}

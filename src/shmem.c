@@ -38,6 +38,7 @@
 #include "storage/sinvaladt.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "smartconnector.h"
@@ -205,32 +206,61 @@ sc_my_progress_slot(void)
 
 /*
  * Interrupt whoever runs execution_id inside its handler (executor workers
- * only: phase SC_PHASE_HANDLER), with the same SIGINT a query cancel sends.
- * Returns whether a signal was sent.
+ * only: phase SC_PHASE_HANDLER), with the same SIGINT a query cancel sends,
+ * and give it smartconnector.cancel_grace to stop.  Returns whether a
+ * signal was sent.
  */
 bool
 sc_signal_runner(int64 execution_id)
 {
-	pid_t		target = 0;
+	ScProgressSlot *target = NULL;
+	pid_t		pid = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (sc_shared == NULL)
 		return false;
 	SpinLockAcquire(&sc_shared->mutex);
-	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	for (int i = 0; i < sc_shared->num_progress_slots && target == NULL; i++)
 	{
 		ScProgressSlot *slot = &sc_shared->progress[i];
 
 		if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id &&
 			slot->phase == SC_PHASE_HANDLER)
-		{
-			target = slot->pid;
-			break;
-		}
+			target = slot;
 	}
-	if (target != 0)
-		kill(target, SIGINT);
+	if (target != NULL)
+	{
+		/* a handler may catch the cancel: the launcher terminates it after the grace */
+		if (!target->stop_for_cancel)
+		{
+			target->stop_by = now + (TimestampTz) sc_cancel_grace_ms * 1000;
+			target->stop_for_cancel = true;
+		}
+		pid = target->pid;
+		kill(pid, SIGINT);
+	}
 	SpinLockRelease(&sc_shared->mutex);
-	return target != 0;
+	return pid != 0;
+}
+
+/*
+ * Set (or with 0 clear) the moment by which this backend's handler must
+ * have stopped, for a statement_timeout.  A deadline from cancel() stays.
+ */
+void
+sc_set_stop_by(TimestampTz stop_by, bool for_cancel)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+
+	if (slot == NULL)
+		return;
+	SpinLockAcquire(&sc_shared->mutex);
+	if (for_cancel || !slot->stop_for_cancel)
+	{
+		slot->stop_by = stop_by;
+		slot->stop_for_cancel = for_cancel && stop_by != 0;
+	}
+	SpinLockRelease(&sc_shared->mutex);
 }
 
 /*

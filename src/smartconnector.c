@@ -43,6 +43,7 @@ int64	   *sc_retry_schedule_ms = NULL;
 int			sc_retry_schedule_len = 0;
 static char *sc_retry_schedule = NULL;
 int			sc_history_retention_min = 30 * 24 * 60;
+int			sc_cancel_grace_ms = 5000;
 
 /* The parsed retry schedule, as the GUC machinery keeps it (malloc'd) */
 typedef struct RetrySchedule
@@ -151,6 +152,15 @@ _PG_init(void)
 							60, 1, 86400,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("smartconnector.cancel_grace",
+							"Time a handler has to stop after cancel() or its statement_timeout before its executor is terminated.",
+							"A handler can catch the query cancel both send; then only terminating its executor stops it.",
+							&sc_cancel_grace_ms,
+							5000, 0, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("smartconnector.webhook_timeout",

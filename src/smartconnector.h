@@ -78,6 +78,10 @@ typedef struct ScProgressSlot
 	pg_atomic_uint64 counts[SC_NUM_ACTIONS];
 	pid_t		pid;			/* protected by ScShared.mutex */
 	int			phase;			/* ScPhase; protected by ScShared.mutex */
+	/* when the launcher terminates a handler that ignores cancel() or its
+	 * statement_timeout (0: no such moment); protected by ScShared.mutex */
+	TimestampTz stop_by;
+	bool		stop_for_cancel;	/* stop_by comes from cancel() */
 } ScProgressSlot;
 
 /* One executor worker of the pool; each serves one role */
@@ -87,6 +91,7 @@ typedef struct ScExecutorSlot
 	bool		idle;			/* waiting for work on its latch */
 	bool		retire;			/* the launcher wants the slot for another role */
 	Oid			role;			/* the role it connects as */
+	TimestampTz since;			/* when the launcher started it */
 	pid_t		pid;
 	Latch	   *latch;
 } ScExecutorSlot;
@@ -126,6 +131,7 @@ extern char *sc_smtp_password;
 extern int64 *sc_retry_schedule_ms;
 extern int	sc_retry_schedule_len;
 extern int	sc_history_retention_min;
+extern int	sc_cancel_grace_ms;
 
 /* The outcome of one delivery attempt (http.c to dispatcher.c) */
 typedef struct ScTransferResult
@@ -152,6 +158,7 @@ extern void sc_wake_dispatcher(void);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id);
 extern bool sc_runner_alive(int64 execution_id);
+extern void sc_set_stop_by(TimestampTz stop_by, bool for_cancel);
 
 /* admission.c */
 extern bool sc_lock_admissions(int64 connector_id, bool wait);
@@ -210,6 +217,8 @@ typedef struct ScPrivileged
 } ScPrivileged;
 extern void sc_privileged_begin(ScPrivileged *p);
 extern void sc_privileged_end(ScPrivileged *p);
+extern void sc_privileged_reset(void);
+extern bool sc_plan_settings_pinned(void);
 
 /* http.c: the delivery transport */
 extern void sc_transport_init(void);

@@ -124,6 +124,29 @@ sc_keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 	return *plan;
 }
 
+/* Nesting of privileged sections; inside one the plan settings are pinned */
+static int	privileged_depth = 0;
+
+/*
+ * Whether the plan settings are pinned already (inside a privileged
+ * section), so that sc_pin_settings() need not pin them again.
+ */
+bool
+sc_plan_settings_pinned(void)
+{
+	return privileged_depth > 0;
+}
+
+/*
+ * Forget the privileged sections an error left (the abort has restored the
+ * user and the settings).
+ */
+void
+sc_privileged_reset(void)
+{
+	privileged_depth = 0;
+}
+
 /*
  * Enter a privileged section of an executor, whose session is its role's:
  * the bookkeeping of admission, loading and ending an execution runs as the
@@ -154,6 +177,7 @@ sc_privileged_begin(ScPrivileged *p)
 	for (size_t i = 0; i < lengthof(settings); i++)
 		(void) set_config_option(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
+	privileged_depth++;
 }
 
 /*
@@ -162,6 +186,7 @@ sc_privileged_begin(ScPrivileged *p)
 void
 sc_privileged_end(ScPrivileged *p)
 {
+	privileged_depth--;
 	AtEOXact_GUC(true, p->nest);
 	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);
 }

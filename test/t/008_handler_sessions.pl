@@ -17,7 +17,8 @@ use Test::More;
 use SmartConnectorTest qw(new_node wait_until);
 
 # One executor slot, so that every run shares one pool (before the fix, one process).
-my $node = new_node('sessions', conf => "smartconnector.max_workers = 1\n");
+my $node = new_node('sessions', conf => "smartconnector.max_workers = 1\n"
+	  . "smartconnector.cancel_grace = 1s\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION smartconnector;
 	CREATE ROLE regress_low LOGIN;
@@ -219,5 +220,45 @@ is(field($who, 'metadata'),
 my $slow = run_and_wait('whoami', '{"sleep": 3}');
 is(field($slow, "state || ' ' || error"), 'failed canceling statement due to statement timeout',
 	'the role\'s statement_timeout limits the handler');
+
+# --- a handler that catches the query cancel cannot outlast cancel() or statement_timeout ---
+# (found by an attack review: such a handler held its executor slot forever)
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION public.stubborn(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+	BEGIN
+		LOOP
+			BEGIN
+				PERFORM pg_sleep(0.2);
+			EXCEPTION WHEN query_canceled THEN
+				IF ctx -> 'input' ? 'give_up' THEN
+					RETURN '{"cancelled_by": "postgres"}';
+				END IF;
+			END;
+		END LOOP;
+	END $$;
+	GRANT EXECUTE ON FUNCTION public.stubborn(jsonb) TO regress_conf;
+	SELECT smartconnector.create_connector('Stubborn', 'stubborn', handler => 'public.stubborn(jsonb)',
+		status => 'operational');
+	SELECT smartconnector.create_connector('Stubborn with timeout', 'stubborn_timeout',
+		handler => 'public.stubborn(jsonb)', run_as => 'regress_conf', status => 'operational');
+});
+my $stubborn = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('stubborn')});
+wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WHERE execution_id = $stubborn",
+	'a handler that ignores cancels runs');
+$node->safe_psql('postgres', "SELECT smartconnector.cancel($stubborn)");
+wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $stubborn",
+	'cancel() ends it all the same: its executor is terminated after cancel_grace');
+my $timeout = run_and_wait('stubborn_timeout');
+is(field($timeout, "state || ': ' || error"),
+	'failed: canceling statement due to statement timeout: the handler did not stop, and its executor was terminated',
+	'so does the role\'s statement_timeout');
+my $gives_up = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('stubborn', '{"give_up": true}')});
+wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WHERE execution_id = $gives_up",
+	'a handler that returns when cancelled runs');
+$node->safe_psql('postgres', "CREATE ROLE regress_canceller IN ROLE smartconnector_operator;
+	SET ROLE regress_canceller; SELECT smartconnector.cancel($gives_up)");
+wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $gives_up", 'it is cancelled');
+is(field($gives_up, "metadata ->> 'cancelled_by'"), 'regress_canceller',
+	'and its result cannot change who cancelled it');
 
 done_testing();

@@ -200,6 +200,86 @@ is($node->safe_psql('postgres', q{SELECT DISTINCT what FROM low.log WHERE phase 
 	'permission denied to set the email of role "postgres"', 'in autovacuum it is refused too');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM smartconnector.user_email}), '0',
 	'nobody\'s address was set');
-is(is_superuser('regress_mallory') . is_superuser('regress_low'), 'ff', 'nobody became superuser');
+# --- the launcher's statements cannot be hijacked through the search path ---
+# (found by an attack review: a role that can create in public made an "="
+# on our enum types, which the launcher's queries then ran as superuser).
+# This test's own sessions keep public out of their search_path, or the
+# superuser's queries below would run the operator themselves.
+$ENV{PGOPTIONS} = '-c search_path=pg_catalog';
+$node->safe_psql('postgres', q{
+	SELECT count(smartconnector.cancel(id)) FROM smartconnector.execution WHERE state::text = 'queued';
+	GRANT CREATE ON SCHEMA public TO PUBLIC;
+	CREATE ROLE regress_eve LOGIN;
+	CREATE FUNCTION public.noop(ctx jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+	SELECT smartconnector.create_connector('Noop', 'noop', handler => 'public.noop(jsonb)',
+		status => 'operational');
+});
+as_role('regress_eve', q{
+	CREATE FUNCTION public.st_eq(a smartconnector.connector_status, b smartconnector.connector_status)
+	RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_eve') THEN
+			EXECUTE 'ALTER ROLE regress_eve SUPERUSER';
+		END IF;
+		RETURN a::text = b::text;
+	END $$;
+	CREATE OPERATOR public.= (LEFTARG = smartconnector.connector_status,
+		RIGHTARG = smartconnector.connector_status, FUNCTION = public.st_eq);
+	CREATE FUNCTION public.ex_eq(a smartconnector.execution_state, b smartconnector.execution_state)
+	RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_eve') THEN
+			EXECUTE 'ALTER ROLE regress_eve SUPERUSER';
+		END IF;
+		RETURN a::text = b::text;
+	END $$;
+	CREATE OPERATOR public.= (LEFTARG = smartconnector.execution_state,
+		RIGHTARG = smartconnector.execution_state, FUNCTION = public.ex_eq);
+});
+my $noop = run_and_wait('noop');
+is(field($noop, 'state'), 'success', 'executions run with the planted operators around');
+# a launcher pass that runs every one of its statements: a dead external runner
+my $runner = $node->background_psql('postgres');
+my $ext = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($runner->query_safe(q{SELECT smartconnector.claim('ext')}), $ext, 'an external runner claims');
+wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WHERE execution_id = $ext",
+	'and runs it');
+my $runner_pid = $runner->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($runner_pid)");
+$runner->{run}->kill_kill;
+wait_until($node, "SELECT state::text = 'failed' FROM smartconnector.execution WHERE id = $ext",
+	'the launcher has done a pass');
+is(is_superuser('regress_eve'), 'f', 'the launcher did not run the planted operators');
+$node->safe_psql('postgres', q{DROP OPERATOR public.= (smartconnector.connector_status, smartconnector.connector_status);
+	DROP OPERATOR public.= (smartconnector.execution_state, smartconnector.execution_state);
+	REVOKE CREATE ON SCHEMA public FROM PUBLIC});
+delete $ENV{PGOPTIONS};
+
+# --- only cancel() writes cancelled_by; only pg_cron runs trigger_scheduled() ---
+$node->safe_psql('postgres', q{
+	CREATE ROLE regress_op LOGIN IN ROLE smartconnector_operator;
+	SELECT smartconnector.set_status('ext', 'operational');
+});
+$runner = $node->background_psql('postgres');
+my $forged = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+$runner->query_safe(q{SELECT smartconnector.claim('ext')});
+$runner->query_safe(qq{SELECT smartconnector.finish($forged, metadata => '{"cancelled_by": "regress_mallory", "rows": 3}')});
+is(field($forged, "state || ' ' || metadata::text"), 'success {"rows": 3}',
+	'a runner cannot write cancelled_by into an execution nobody cancelled');
+my $cancelled = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+$runner->query_safe(q{SELECT smartconnector.claim('ext')});
+as_role('regress_op', "SELECT smartconnector.cancel($cancelled)");
+$runner->query(qq{SELECT smartconnector.finish($cancelled, metadata => '{"cancelled_by": "postgres"}')});
+is(field($cancelled, "state || ' ' || (metadata ->> 'cancelled_by')"), 'cancelled regress_op',
+	'nor replace the role that cancelled it');
+$runner->{stderr} = '';
+$runner->quit;
+my $cid = $node->safe_psql('postgres', q{SELECT smartconnector.connector_id('ext')});
+($ret, $out, $err) = $node->psql('postgres', "SET ROLE regress_op; SELECT smartconnector.trigger_scheduled($cid)");
+like($err, qr/smartconnector.trigger_scheduled\(\) is for pg_cron jobs/,
+	'an operator cannot record a trigger as scheduled');
+
+is(is_superuser('regress_mallory') . is_superuser('regress_low') . is_superuser('regress_eve'), 'fff',
+	'nobody became superuser');
 
 done_testing();

@@ -11,7 +11,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use SmartConnectorTest qw(new_node wait_until);
 
-my $node = new_node('pool', conf => "smartconnector.max_workers = 2\n");
+my $node = new_node('pool', conf => "smartconnector.max_workers = 2\n"
+	  . "smartconnector.executor_idle_timeout = 1\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION smartconnector;
 	CREATE ROLE regress_a LOGIN;
@@ -62,6 +63,56 @@ $holder->query_safe('SELECT pg_advisory_unlock(502)');
 wait_until($node, "SELECT count(*) = 4 FROM smartconnector.execution WHERE id IN (" . join(',', @a) . ") AND state = 'success'",
 	'then A\'s backlog drains');
 $holder->quit;
+
+# --- more roles with work than slots: the roles take turns ---
+# (found by an attack review: the least busy role got no share at all and
+# waited for the others' backlogs to drain)
+$node->safe_psql('postgres', q{
+	CREATE ROLE regress_d LOGIN;
+	SELECT smartconnector.create_connector('D', 'd', handler => 'public.work(jsonb)',
+		run_as => 'regress_d', status => 'operational', max_concurrent_executions => 2);
+	SELECT smartconnector.set_max_concurrent_executions('b', 2);
+});
+$holder = $node->background_psql('postgres');
+$holder->query_safe('SELECT pg_advisory_lock(601), pg_advisory_lock(602)');
+my @ab = split /\n/, $node->safe_psql('postgres', q{
+	SELECT smartconnector.trigger(c, jsonb_build_object('wait_lock', CASE WHEN n = 1 THEN 601 ELSE 602 END))
+	  FROM unnest(ARRAY['a', 'b']) c, generate_series(1, 3) n ORDER BY 1});
+wait_until($node, q{SELECT string_agg(role::text, ' ' ORDER BY role) = 'regress_a regress_b'
+	FROM smartconnector.executors WHERE state = 'busy'},
+	'A and B each run one execution, in the two slots');
+my $d = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('d')});
+wait_until($node, q{SELECT count(*) = 1 FROM smartconnector.executors WHERE state = 'retiring'},
+	'D has work and no slot: the executor that has served longest is asked to make room');
+$holder->query_safe('SELECT pg_advisory_unlock(601)');
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $d",
+	'D runs as soon as an execution in progress ends');
+is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.execution WHERE id IN ("
+	. join(',', @ab) . ") AND state = 'queued'"), '3', 'while A\'s and B\'s backlogs wait');
+$holder->query_safe('SELECT pg_advisory_unlock(602)');
+wait_until($node, "SELECT count(*) = 6 FROM smartconnector.execution WHERE id IN (" . join(',', @ab) . ") AND state = 'success'",
+	'then the backlogs drain');
+$holder->quit;
+
+# --- a settings change left open does not stall the launcher for everyone ---
+# (found by an attack review: the launcher waited for its lock)
+my $stuck = $node->background_psql('postgres');
+my $dead = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+is($stuck->query_safe(q{SELECT smartconnector.claim('ext')}), $dead, 'an external runner claims');
+my $stuck_pid = $stuck->query_safe('SELECT pg_backend_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($stuck_pid)");
+$stuck->{run}->kill_kill;
+my $open = $node->background_psql('postgres');
+$open->query_safe(q{BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 3 WHERE api_name = 'ext'});
+wait_until($node, q{SELECT count(*) = 0 FROM smartconnector.executors WHERE role = 'regress_b'},
+	'no executor of B is left: only the launcher can start one');
+my $bb = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b')});
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $bb",
+	'another role\'s execution starts while the transaction stays open');
+$open->query_safe('COMMIT');
+wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $dead",
+	'and the dead runner\'s execution fails once it commits');
+$open->quit;
 
 # --- a role no executor can connect as fails its executions, saying why ---
 my $c = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('c')});
