@@ -96,3 +96,19 @@ CONF
 	nginx -c "$BENCH_DIR/nginx/nginx.conf"
 	trap 'nginx -c "$BENCH_DIR/nginx/nginx.conf" -s stop 2>/dev/null || true; bench_stop' EXIT
 }
+
+# CPU time used so far, in ms, by the server (the postmaster, its live
+# children, and the children it has reaped) and by nginx: for CPU per
+# execution, which drifts less than rates on a shared machine.
+bench_cpu_ms()
+{
+	local pm tck
+	pm=$(head -1 "$BENCH_DIR/data/postmaster.pid")
+	tck=$(getconf CLK_TCK)
+	{
+		awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+		for p in $(ps -o pid= --ppid "$pm") $(pgrep -x nginx); do
+			awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null
+		done
+	} | awk -v t="$tck" '{s += $1} END {printf "%d", s * 1000 / t}'
+}

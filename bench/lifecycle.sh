@@ -43,7 +43,7 @@ executor_rss()
 
 # Queue N executions over the given connectors (paused), release them with
 # the given limit in one commit, wait for every webhook; print
-# "executions/s end-to-receipt_p50 end-to-receipt_p99".
+# "executions/s end-to-receipt_p50 end-to-receipt_p99 cpu_us_per_execution".
 lifecycle()
 {
 	local where=$1 limit=$2
@@ -55,8 +55,9 @@ SELECT count(smartconnector.enqueue(c.id, '{}', false, false, 'api', 'bench'))
 	   generate_series(1, ($N / (SELECT count(*) FROM smartconnector.connector WHERE $where))::int);
 VACUUM ANALYZE smartconnector.execution, smartconnector.queue, smartconnector.delivery;
 SQL
-	local total
+	local total cpu0
 	total=$(bench_psql -c "SELECT count(*) FROM smartconnector.execution")
+	cpu0=$(bench_cpu_ms)
 	bench_psql -c "CREATE TEMP TABLE t AS SELECT clock_timestamp() AS released;
 		UPDATE smartconnector.connector SET max_concurrent_executions = $limit WHERE $where;
 		SELECT 1" >/dev/null
@@ -65,10 +66,12 @@ SQL
 	until [[ $(bench_psql -c "SELECT count(*) = $total FROM smartconnector.delivery WHERE state = 'delivered'") == t ]]; do
 		sleep 0.5
 	done
+	local cpu=$(( $(bench_cpu_ms) - cpu0 ))
 	bench_psql -F ' ' -c "
 		SELECT round($total / extract(epoch FROM max(d.delivered_at) - '$released'::timestamptz)),
 			   round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
-			   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1)
+			   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
+			   round($cpu * 1000.0 / $total)
 		  FROM smartconnector.delivery d"
 }
 
@@ -80,9 +83,9 @@ echo
 ceiling1=$(bench_insert_ceiling 1 5)
 ceiling8=$(bench_insert_ceiling 8 5)
 
-read -r one_rate one_p50 one_p99 < <(lifecycle "api_name = 'one'" 8)
+read -r one_rate one_p50 one_p99 one_cpu < <(lifecycle "api_name = 'one'" 8)
 rss_early=$(executor_rss)
-read -r many_rate many_p50 many_p99 < <(lifecycle "api_name LIKE 'many\\_%'" 1)
+read -r many_rate many_p50 many_p99 many_cpu < <(lifecycle "api_name LIKE 'many\\_%'" 1)
 
 # steady stream: RATE triggers per second for 10 s over 'one' at limit 8
 bench_psql -c "TRUNCATE smartconnector.execution CASCADE;
@@ -108,8 +111,10 @@ printf "%-66s %10s %s\n" "pgbench single-row INSERT, 1 client (tps)" "$ceiling1"
 printf "%-66s %10s %s\n" "pgbench single-row INSERT, 8 clients (tps, the ceiling)" "$ceiling8" "1.00"
 printf "%-66s %10s %s\n" "lifecycle, 1 connector at limit 8 (executions/s to webhook)" "$one_rate" "$(ratio "$one_rate" "$ceiling8") of ceiling"
 printf "%-66s %10s\n" "  end-to-receipt latency under that load, median / p99 (ms)" "$one_p50 / $one_p99"
+printf "%-66s %10s\n" "  CPU per execution, all server processes and nginx (us)" "$one_cpu"
 printf "%-66s %10s %s\n" "lifecycle, 100 connectors at limit 1 (executions/s to webhook)" "$many_rate" "$(ratio "$many_rate" "$ceiling8") of ceiling"
 printf "%-66s %10s\n" "  end-to-receipt latency under that load, median / p99 (ms)" "$many_p50 / $many_p99"
+printf "%-66s %10s\n" "  CPU per execution, all server processes and nginx (us)" "$many_cpu"
 printf "%-66s %10s\n" "steady stream of $RATE triggers/s for 10 s ($streamed executions):" ""
 printf "%-66s %10s\n" "  trigger-to-start latency, median / p99 (ms)" "$s_start50 / $s_start99"
 printf "%-66s %10s\n" "  end-to-receipt latency, median / p99 (ms)" "$s_recv50 / $s_recv99"

@@ -15,7 +15,7 @@ use Test::More;
 use Exporter 'import';
 
 our @EXPORT_OK = qw(new_node wait_until start_pgbench finish_pgbench
-  start_receiver start_smtp read_jsonl);
+  start_receiver start_smtp read_jsonl run_and_wait execution_field);
 
 my @peers;	# background servers, stopped at exit
 END { local $?; $_->kill_kill for @peers; }
@@ -44,6 +44,26 @@ sub wait_until
 	my ($node, $query, $what) = @_;
 	ok($node->poll_query_until('postgres', $query), $what)
 	  or diag("last result: " . $node->safe_psql('postgres', $query));
+}
+
+# Trigger a connector and wait until the execution has ended; returns its id.
+sub run_and_wait
+{
+	my ($node, $api_name, $input, %opt) = @_;
+	my $args = "'$api_name', '" . ($input // '{}') . "'";
+	$args .= ", dry_run => true" if $opt{dry_run};
+	my $id = $node->safe_psql('postgres', "SELECT smartconnector.trigger($args)");
+	$node->poll_query_until('postgres',
+		"SELECT state::text NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
+	  or die "execution $id did not end";
+	return $id;
+}
+
+# An expression over one execution's row.
+sub execution_field
+{
+	my ($node, $id, $expr) = @_;
+	return $node->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
 }
 
 # Run pgbench with a custom script in the background; returns a handle for

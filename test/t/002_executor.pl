@@ -6,7 +6,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use SmartConnectorTest qw(new_node wait_until start_pgbench finish_pgbench);
+use SmartConnectorTest qw(new_node wait_until run_and_wait execution_field start_pgbench finish_pgbench);
 
 my $node = new_node('executor', conf => "smartconnector.executor_idle_timeout = 3\n");
 $node->safe_psql('postgres', q{
@@ -50,35 +50,17 @@ $node->safe_psql('postgres', q{
 		status => 'operational');
 });
 
-# Trigger and wait for the end state; returns the execution id.
-sub run_and_wait
-{
-	my ($api_name, $input, %opt) = @_;
-	my $args = "'$api_name', '$input'";
-	$args .= ", dry_run => true" if $opt{dry_run};
-	my $id = $node->safe_psql('postgres', "SELECT smartconnector.trigger($args)");
-	$node->poll_query_until('postgres',
-		"SELECT state NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
-	  or die "execution $id did not end";
-	return $id;
-}
-
-sub field
-{
-	my ($id, $expr) = @_;
-	return $node->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
-}
 
 # --- a successful run, as run_as ---
-my $ok = run_and_wait('loader', '{"rows": 3}');
-is(field($ok, 'state'), 'success', 'handler run ends success');
-is(field($ok, "metadata ->> 'current_user'"), 'regress_etl', 'the handler runs as run_as');
-is(field($ok, 'records_created || \'/\' || records_total'), '3/3', 'record counts are kept');
+my $ok = run_and_wait($node, 'loader', '{"rows": 3}');
+is(execution_field($node, $ok, 'state'), 'success', 'handler run ends success');
+is(execution_field($node, $ok, "metadata ->> 'current_user'"), 'regress_etl', 'the handler runs as run_as');
+is(execution_field($node, $ok, 'records_created || \'/\' || records_total'), '3/3', 'record counts are kept');
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.target WHERE k LIKE '$ok-%'"),
 	'3', 'the handler wrote its rows');
 is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.output_report($ok)"),
 	'3', 'the output report has a row per record');
-is(field($ok, 'started_at >= queued_at AND ended_at >= started_at'), 't',
+is(execution_field($node, $ok, 'started_at >= queued_at AND ended_at >= started_at'), 't',
 	'timestamps are ordered');
 is($node->safe_psql('postgres',
 	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'smartconnector executor'") > 0 ? 1 : 0,
@@ -88,39 +70,39 @@ is($node->safe_psql('postgres',
 	'1', 'the launcher shows in pg_stat_activity');
 
 # --- a raising handler: failed, writes rolled back, report and counts kept ---
-my $bad = run_and_wait('loader', '{"rows": 2, "fail": "quota"}');
-is(field($bad, 'state'), 'failed', 'raising handler ends failed');
-is(field($bad, 'error'), 'source rejected the request: quota', 'the error is kept');
-is(field($bad, "metadata -> 'error' ->> 'sqlstate'"), 'P0001', 'the SQLSTATE is in metadata');
-is(field($bad, 'records_created'), '2', 'counts gathered before the error are kept');
+my $bad = run_and_wait($node, 'loader', '{"rows": 2, "fail": "quota"}');
+is(execution_field($node, $bad, 'state'), 'failed', 'raising handler ends failed');
+is(execution_field($node, $bad, 'error'), 'source rejected the request: quota', 'the error is kept');
+is(execution_field($node, $bad, "metadata -> 'error' ->> 'sqlstate'"), 'P0001', 'the SQLSTATE is in metadata');
+is(execution_field($node, $bad, 'records_created'), '2', 'counts gathered before the error are kept');
 is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.output_report($bad)"),
 	'2', 'report rows gathered before the error are kept');
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.target WHERE k LIKE '$bad-%'"),
 	'0', 'the failed handler\'s writes are rolled back');
 is($node->safe_psql('postgres', "SELECT status FROM smartconnector.connector WHERE api_name = 'loader'"),
 	'need_attention', 'a failure moves an operational connector to need_attention');
-my $again = run_and_wait('loader', '{"rows": 1}');
-is(field($again, 'state'), 'success', 'need_attention still executes');
+my $again = run_and_wait($node, 'loader', '{"rows": 1}');
+is(execution_field($node, $again, 'state'), 'success', 'need_attention still executes');
 $node->safe_psql('postgres', "SELECT smartconnector.set_status('loader', 'operational')");
 
 # --- partial success ---
-my $partial = run_and_wait('loader', '{"rows": 1, "failed_records": 2}');
-is(field($partial, 'state'), 'partial_success', 'failed records make partial_success');
-is(field($partial, 'records_failed'), '2', 'failed records are counted');
+my $partial = run_and_wait($node, 'loader', '{"rows": 1, "failed_records": 2}');
+is(execution_field($node, $partial, 'state'), 'partial_success', 'failed records make partial_success');
+is(execution_field($node, $partial, 'records_failed'), '2', 'failed records are counted');
 
 # --- dry run: everything rolled back, report kept ---
-my $dry = run_and_wait('loader', '{"rows": 4}', dry_run => 1);
-is(field($dry, 'state'), 'success', 'dry run ends success');
-is(field($dry, "metadata ->> 'dry_run'"), 'true', 'the handler is told it is a dry run');
+my $dry = run_and_wait($node, 'loader', '{"rows": 4}', dry_run => 1);
+is(execution_field($node, $dry, 'state'), 'success', 'dry run ends success');
+is(execution_field($node, $dry, "metadata ->> 'dry_run'"), 'true', 'the handler is told it is a dry run');
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.target WHERE k LIKE '$dry-%'"),
 	'0', 'a dry run\'s writes are rolled back');
 is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.output_report($dry)"),
 	'4', 'a dry run keeps its report');
 
 # --- settings a handler changes do not leak into the next run ---
-run_and_wait('loader', '{"set_guc": true}');
-my $next = run_and_wait('loader', '{}');
-isnt(field($next, "metadata ->> 'work_mem'"), '1234kB',
+run_and_wait($node, 'loader', '{"set_guc": true}');
+my $next = run_and_wait($node, 'loader', '{}');
+isnt(execution_field($node, $next, "metadata ->> 'work_mem'"), '1234kB',
 	'a SET inside a handler does not leak into the next execution');
 
 # --- progress is visible while the handler runs; cancel interrupts it ---
@@ -130,7 +112,7 @@ my $slow = $node->safe_psql('postgres',
 	q{SELECT smartconnector.trigger('loader', '{"rows": 3, "wait_lock": 4242}')});
 wait_until($node, qq{SELECT records_created = 3 FROM smartconnector.execution_progress WHERE execution_id = $slow},
 	'progress of a running handler is visible from another session');
-is(field($slow, 'state'), 'running', 'it is still running');
+is(execution_field($node, $slow, 'state'), 'running', 'it is still running');
 is($node->safe_psql('postgres', "SELECT smartconnector.cancel($slow)"), 't', 'cancel accepts it');
 wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $slow",
 	'a running handler is interrupted and ends cancelled');
@@ -141,7 +123,7 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.output_repo
 $node->safe_psql('postgres', "SELECT smartconnector.set_max_concurrent_executions('loader', 0)");
 my $queued = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('loader', '{"rows": 1}')});
 is($node->safe_psql('postgres', "SELECT smartconnector.cancel($queued)"), 't', 'cancel a queued one');
-is(field($queued, "state || ' ' || (started_at IS NULL)"), 'cancelled true', 'it ends cancelled without starting');
+is(execution_field($node, $queued, "state || ' ' || (started_at IS NULL)"), 'cancelled true', 'it ends cancelled without starting');
 $node->safe_psql('postgres', "SELECT smartconnector.set_max_concurrent_executions('loader', 1)");
 $holder->query_safe('SELECT pg_advisory_unlock(4242)');
 
@@ -152,16 +134,16 @@ $node->safe_psql('postgres', q{
 		status => 'operational');
 	DROP FUNCTION public.doomed(jsonb);
 });
-my $doomed = run_and_wait('doomed', '{}');
-is(field($doomed, 'state'), 'failed', 'execution of a broken connector fails');
-like(field($doomed, "error || ' ' || (metadata -> 'error' ->> 'detail')"),
+my $doomed = run_and_wait($node, 'doomed', '{}');
+is(execution_field($node, $doomed, 'state'), 'failed', 'execution of a broken connector fails');
+like(execution_field($node, $doomed, "error || ' ' || (metadata -> 'error' ->> 'detail')"),
 	qr/connector "doomed" cannot execute The handler routine no longer exists/, 'and says why');
 
 # --- connectors without a handler are left to external runners ---
 $node->safe_psql('postgres', q{SELECT smartconnector.create_connector('Ext', 'ext', status => 'operational')});
 my $ext = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
-my $after = run_and_wait('loader', '{}');
-is(field($ext, 'state'), 'queued', 'executors do not take executions of connectors without a handler');
+my $after = run_and_wait($node, 'loader', '{}');
+is(execution_field($node, $ext, 'state'), 'queued', 'executors do not take executions of connectors without a handler');
 
 # --- diff check inside a handler: unchanged records are skipped ---
 $node->safe_psql('postgres', q{
@@ -177,10 +159,10 @@ $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Sync', 'sync', handler => 'public.sync(jsonb)',
 		status => 'operational', diff_check => true);
 });
-my $s1 = run_and_wait('sync', '{"a": 1, "b": 2, "c": 3}');
-my $s2 = run_and_wait('sync', '{"a": 1, "b": 20, "c": 3}');
-is(field($s1, "records_updated || '/' || records_skipped"), '3/0', 'first run processes every record');
-is(field($s2, "records_updated || '/' || records_skipped"), '1/2', 'second run skips unchanged records');
+my $s1 = run_and_wait($node, 'sync', '{"a": 1, "b": 2, "c": 3}');
+my $s2 = run_and_wait($node, 'sync', '{"a": 1, "b": 20, "c": 3}');
+is(execution_field($node, $s1, "records_updated || '/' || records_skipped"), '3/0', 'first run processes every record');
+is(execution_field($node, $s2, "records_updated || '/' || records_skipped"), '1/2', 'second run skips unchanged records');
 
 # --- lock_record serialises parallel executions writing the same record ---
 $node->safe_psql('postgres', q{
@@ -213,8 +195,8 @@ ok($node->safe_psql('postgres', q{
 # --- idle executors leave, and come back on demand ---
 wait_until($node, q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'smartconnector executor'},
 	'idle executors exit after executor_idle_timeout');
-my $later = run_and_wait('loader', '{"rows": 1}');
-is(field($later, 'state'), 'success', 'a new executor starts for new work');
+my $later = run_and_wait($node, 'loader', '{"rows": 1}');
+is(execution_field($node, $later, 'state'), 'success', 'a new executor starts for new work');
 
 $holder->quit;
 # --- a procedure as handler: called with CALL, its work commits with the end state ---
@@ -228,8 +210,8 @@ $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Proc', 'proc', handler => 'public.load_proc(jsonb)',
 		run_as => 'regress_etl', status => 'operational');
 });
-my $proc = run_and_wait('proc', '{}');
-is(field($proc, "state || ' ' || records_created"), 'success 1', 'a procedure handler runs (CALL)');
+my $proc = run_and_wait($node, 'proc', '{}');
+is(execution_field($node, $proc, "state || ' ' || records_created"), 'success 1', 'a procedure handler runs (CALL)');
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.target WHERE k = 'proc-$proc'"),
 	'1', 'and its write is committed');
 

@@ -14,7 +14,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use SmartConnectorTest qw(new_node wait_until);
+use SmartConnectorTest qw(new_node wait_until run_and_wait execution_field);
 
 # One executor slot, so that every run shares one pool (before the fix, one process).
 my $node = new_node('sessions', conf => "smartconnector.max_workers = 1\n"
@@ -37,22 +37,7 @@ sub as_low
 	return $node->safe_psql('postgres', "SET ROLE regress_low; $sql");
 }
 
-sub run_and_wait
-{
-	my ($api_name, $input) = @_;
-	$input //= '{}';
-	my $id = $node->safe_psql('postgres', "SELECT smartconnector.trigger('$api_name', '$input')");
-	$node->poll_query_until('postgres',
-		"SELECT state NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
-	  or die "execution $id did not end";
-	return $id;
-}
 
-sub field
-{
-	my ($id, $expr) = @_;
-	return $node->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
-}
 
 sub is_superuser
 {
@@ -78,10 +63,10 @@ as_low(q{
 $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Plant', 'plant', handler => 'low.plant(jsonb)',
 		run_as => 'regress_low', status => 'operational')});
-my $plant = run_and_wait('plant');
+my $plant = run_and_wait($node, 'plant');
 is(is_superuser('regress_low'), 'f', 'a deferred trigger of the handler does not run as superuser');
-is(field($plant, 'state'), 'failed', 'the run whose commit-time trigger failed ends failed');
-like(field($plant, 'error'), qr/superuser/, 'with the error of the refused ALTER ROLE');
+is(execution_field($node, $plant, 'state'), 'failed', 'the run whose commit-time trigger failed ends failed');
+like(execution_field($node, $plant, 'error'), qr/superuser/, 'with the error of the refused ALTER ROLE');
 
 # --- a temp table planted by one role's run does not capture another role's rows ---
 as_low(q{
@@ -110,10 +95,10 @@ $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Archive', 'archive', handler => 'public.archive(jsonb)',
 		status => 'operational');
 });
-my $trap = run_and_wait('trap');
-is(field($trap, 'state'), 'success', 'the trap is set');
-my $archive = run_and_wait('archive');
-is(field($archive, 'state'), 'success', 'a later run of another role inserts into orders_archive');
+my $trap = run_and_wait($node, 'trap');
+is(execution_field($node, $trap, 'state'), 'success', 'the trap is set');
+my $archive = run_and_wait($node, 'archive');
+is(execution_field($node, $archive, 'state'), 'success', 'a later run of another role inserts into orders_archive');
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.orders_archive WHERE id = $archive"),
 	'1', 'the row lands in the real table');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM low.captured'),
@@ -147,9 +132,9 @@ as_low(q{
 $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Probe', 'probe', handler => 'low.probe(jsonb)',
 		run_as => 'regress_low', status => 'operational')});
-my $first = run_and_wait('probe', '{"run": "first"}');
-is(field($first, 'state'), 'success', 'the first run leaves state behind');
-my $second = run_and_wait('probe', '{"run": "second"}');
+my $first = run_and_wait($node, 'probe', '{"run": "first"}');
+is(execution_field($node, $first, 'state'), 'success', 'the first run leaves state behind');
+my $second = run_and_wait($node, 'probe', '{"run": "second"}');
 is($node->safe_psql('postgres', q{SELECT probe::text FROM public.seen WHERE run = 'second'}),
 	'{"app": "", "cursors": 0, "advisory": 0, "prepared": 0, "work_mem": "4MB", "temp_table": false}',
 	'the next run of the same role sees no temp table, prepared statement, held cursor, advisory lock or setting of it');
@@ -183,12 +168,12 @@ $node->safe_psql('postgres', "SELECT pg_terminate_backend($runner_pid)");
 $runner->{run}->kill_kill;
 wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE id = $ext",
 	'the launcher has checked the running executions');
-is(field($s1, 'state'), 'running', 'the execution that released its advisory locks still runs');
-is(field($s2, 'state'), 'queued', 'and the next one waits: limit 1 holds');
+is(execution_field($node, $s1, 'state'), 'running', 'the execution that released its advisory locks still runs');
+is(execution_field($node, $s2, 'state'), 'queued', 'and the next one waits: limit 1 holds');
 $holder->query_safe('SELECT pg_advisory_unlock(4243)');
 wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $s2",
 	'both end');
-is(field($s1, 'state'), 'success', 'the first ends success');
+is(execution_field($node, $s1, 'state'), 'success', 'the first ends success');
 is($node->safe_psql('postgres', "SELECT (SELECT ended_at FROM smartconnector.execution WHERE id = $s1)
 	<= (SELECT started_at FROM smartconnector.execution WHERE id = $s2)"), 't', 'one after the other');
 $holder->quit;
@@ -213,12 +198,12 @@ $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Whoami', 'whoami', handler => 'public.whoami(jsonb)',
 		run_as => 'regress_conf', status => 'operational');
 });
-my $who = run_and_wait('whoami');
-is(field($who, 'metadata'),
+my $who = run_and_wait($node, 'whoami');
+is(execution_field($node, $who, 'metadata'),
 	'{"work_mem": "2345kB", "search_path": "conf, public", "calling_role": "regress_conf", "current_user": "regress_conf", "session_user": "regress_conf", "statement_timeout": "300ms"}',
 	'session_user, current_user, calling_role() and the role\'s settings are run_as\'s');
-my $slow = run_and_wait('whoami', '{"sleep": 3}');
-is(field($slow, "state || ' ' || error"), 'failed canceling statement due to statement timeout',
+my $slow = run_and_wait($node, 'whoami', '{"sleep": 3}');
+is(execution_field($node, $slow, "state || ' ' || error"), 'failed canceling statement due to statement timeout',
 	'the role\'s statement_timeout limits the handler');
 
 # --- a handler that catches the query cancel cannot outlast cancel() or statement_timeout ---
@@ -248,8 +233,8 @@ wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WH
 $node->safe_psql('postgres', "SELECT smartconnector.cancel($stubborn)");
 wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $stubborn",
 	'cancel() ends it all the same: its executor is terminated after cancel_grace');
-my $timeout = run_and_wait('stubborn_timeout');
-is(field($timeout, "state || ': ' || error"),
+my $timeout = run_and_wait($node, 'stubborn_timeout');
+is(execution_field($node, $timeout, "state || ': ' || error"),
 	'failed: canceling statement due to statement timeout: the handler did not stop, and its executor was terminated',
 	'so does the role\'s statement_timeout');
 my $gives_up = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('stubborn', '{"give_up": true}')});
@@ -258,7 +243,7 @@ wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WH
 $node->safe_psql('postgres', "CREATE ROLE regress_canceller IN ROLE smartconnector_operator;
 	SET ROLE regress_canceller; SELECT smartconnector.cancel($gives_up)");
 wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $gives_up", 'it is cancelled');
-is(field($gives_up, "metadata ->> 'cancelled_by'"), 'regress_canceller',
+is(execution_field($node, $gives_up, "metadata ->> 'cancelled_by'"), 'regress_canceller',
 	'and its result cannot change who cancelled it');
 
 done_testing();

@@ -14,7 +14,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use SmartConnectorTest qw(new_node wait_until);
+use SmartConnectorTest qw(new_node wait_until run_and_wait execution_field);
 
 my $node = new_node('identity', conf => "autovacuum_naptime = 1\n");
 $node->safe_psql('postgres', q{
@@ -33,21 +33,7 @@ sub as_role
 	return $node->safe_psql('postgres', "SET ROLE $role; $sql");
 }
 
-sub run_and_wait
-{
-	my ($api_name) = @_;
-	my $id = $node->safe_psql('postgres', "SELECT smartconnector.trigger('$api_name')");
-	$node->poll_query_until('postgres',
-		"SELECT state NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
-	  or die "execution $id did not end";
-	return $id;
-}
 
-sub field
-{
-	my ($id, $expr) = @_;
-	return $node->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
-}
 
 sub is_superuser
 {
@@ -74,14 +60,14 @@ my ($ret, $out, $err) = $node->psql('postgres', q{SET ROLE regress_mallory;
 	UPDATE smartconnector.connector SET run_as = 'postgres' WHERE api_name = 'mal_job'});
 like($err, qr/permission denied to run connector handlers as role "postgres"/,
 	'typed by the admin, the change is refused');
-my $step1 = run_and_wait('mal_job');
-is(field($step1, 'state'), 'failed', 'from her handler, it is refused too');
-is(field($step1, "metadata -> 'error' ->> 'sqlstate'"), '42501', 'with insufficient_privilege');
-like(field($step1, 'error'), qr/permission denied to run connector handlers as role "postgres"/,
+my $step1 = run_and_wait($node, 'mal_job');
+is(execution_field($node, $step1, 'state'), 'failed', 'from her handler, it is refused too');
+is(execution_field($node, $step1, "metadata -> 'error' ->> 'sqlstate'"), '42501', 'with insufficient_privilege');
+like(execution_field($node, $step1, 'error'), qr/permission denied to run connector handlers as role "postgres"/,
 	'and the same message');
 is($node->safe_psql('postgres', $settings . q{'mal_job'}), 'regress_mallory mal.step1(jsonb)',
 	'run_as and handler are unchanged');
-run_and_wait('mal_job');
+run_and_wait($node, 'mal_job');
 is(is_superuser('regress_mallory'), 'f', 'the admin did not become superuser');
 
 # --- what a handler triggers and changes is recorded as its run_as ---
@@ -95,10 +81,10 @@ as_role('regress_mallory', q{
 	SELECT smartconnector.create_connector('Note', 'mal_note', handler => 'mal.note(jsonb)',
 		status => 'operational');
 });
-my $note = run_and_wait('mal_note');
-is(field($note, 'state'), 'success', 'the handler triggers and changes settings');
-my $triggered = field($note, "metadata ->> 'triggered'");
-is(field($triggered, 'initiated_by'), 'regress_mallory',
+my $note = run_and_wait($node, 'mal_note');
+is(execution_field($node, $note, 'state'), 'success', 'the handler triggers and changes settings');
+my $triggered = execution_field($node, $note, "metadata ->> 'triggered'");
+is(execution_field($node, $triggered, 'initiated_by'), 'regress_mallory',
 	'an execution a handler triggered is initiated by its run_as');
 is($node->safe_psql('postgres', q{SELECT string_agg(changed_by, ',') FROM smartconnector.settings_history
 	WHERE api_name = 'mal_note' AND column_name = 'description'}), 'regress_mallory',
@@ -113,8 +99,8 @@ as_role('regress_low', q{
 $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Mail', 'low_mail', handler => 'low.mail(jsonb)',
 		run_as => 'regress_low', status => 'operational')});
-my $mail = run_and_wait('low_mail');
-is(field($mail, "state || ' ' || error"), 'failed permission denied to set the email of role "postgres"',
+my $mail = run_and_wait($node, 'low_mail');
+is(execution_field($node, $mail, "state || ' ' || error"), 'failed permission denied to set the email of role "postgres"',
 	'set_user_email for another role is refused in a handler');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM smartconnector.user_email WHERE role_name = 'postgres'}),
 	'0', 'no address was set');
@@ -236,8 +222,8 @@ as_role('regress_eve', q{
 	CREATE OPERATOR public.= (LEFTARG = smartconnector.execution_state,
 		RIGHTARG = smartconnector.execution_state, FUNCTION = public.ex_eq);
 });
-my $noop = run_and_wait('noop');
-is(field($noop, 'state'), 'success', 'executions run with the planted operators around');
+my $noop = run_and_wait($node, 'noop');
+is(execution_field($node, $noop, 'state'), 'success', 'executions run with the planted operators around');
 # a launcher pass that runs every one of its statements: a dead external runner
 my $runner = $node->background_psql('postgres');
 my $ext = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
@@ -264,13 +250,13 @@ $runner = $node->background_psql('postgres');
 my $forged = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
 $runner->query_safe(q{SELECT smartconnector.claim('ext')});
 $runner->query_safe(qq{SELECT smartconnector.finish($forged, metadata => '{"cancelled_by": "regress_mallory", "rows": 3}')});
-is(field($forged, "state || ' ' || metadata::text"), 'success {"rows": 3}',
+is(execution_field($node, $forged, "state || ' ' || metadata::text"), 'success {"rows": 3}',
 	'a runner cannot write cancelled_by into an execution nobody cancelled');
 my $cancelled = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
 $runner->query_safe(q{SELECT smartconnector.claim('ext')});
 as_role('regress_op', "SELECT smartconnector.cancel($cancelled)");
 $runner->query(qq{SELECT smartconnector.finish($cancelled, metadata => '{"cancelled_by": "postgres"}')});
-is(field($cancelled, "state || ' ' || (metadata ->> 'cancelled_by')"), 'cancelled regress_op',
+is(execution_field($node, $cancelled, "state || ' ' || (metadata ->> 'cancelled_by')"), 'cancelled regress_op',
 	'nor replace the role that cancelled it');
 $runner->{stderr} = '';
 $runner->quit;

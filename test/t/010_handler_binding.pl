@@ -13,7 +13,7 @@ use Cwd;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use SmartConnectorTest qw(new_node wait_until);
+use SmartConnectorTest qw(new_node wait_until run_and_wait execution_field);
 
 my $node = new_node('binding', conf => "smartconnector.webhook_retry_schedule = '1h'\n"
 	  . "smartconnector.block_private_addresses = off\n");
@@ -26,21 +26,7 @@ $node->safe_psql('postgres', q{
 	GRANT INSERT ON public.ran TO regress_high;
 });
 
-sub run_and_wait
-{
-	my ($n, $api_name) = @_;
-	my $id = $n->safe_psql('postgres', "SELECT smartconnector.trigger('$api_name')");
-	$n->poll_query_until('postgres',
-		"SELECT state NOT IN ('queued', 'running') FROM smartconnector.execution WHERE id = $id")
-	  or die "execution $id did not end";
-	return $id;
-}
 
-sub field
-{
-	my ($n, $id, $expr) = @_;
-	return $n->safe_psql('postgres', "SELECT $expr FROM smartconnector.execution WHERE id = $id");
-}
 
 # --- rename and replace never run other code ---
 $node->safe_psql('postgres', q{
@@ -57,8 +43,8 @@ $node->safe_psql('postgres', q{
 my $renamed = run_and_wait($node, 'h5');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM public.ran WHERE who = 'impostor'}), '0',
 	'after a rename and a new function of the old name, the new one does not run');
-is(field($node, $renamed, 'state'), 'failed', 'the execution fails');
-like(field($node, $renamed, "error || ': ' || (metadata -> 'error' ->> 'detail')"),
+is(execution_field($node, $renamed, 'state'), 'failed', 'the execution fails');
+like(execution_field($node, $renamed, "error || ': ' || (metadata -> 'error' ->> 'detail')"),
 	qr/connector "h5" cannot execute: The handler public\.h5\(jsonb\) is now named public\.h5_old\(jsonb\)/,
 	'saying that the configured handler was renamed');
 is($node->safe_psql('postgres', q{SELECT status FROM smartconnector.connector WHERE api_name = 'h5'}),
@@ -77,7 +63,7 @@ $node->safe_psql('postgres', q{
 my $replaced = run_and_wait($node, 'h5');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM public.ran WHERE who = 'impostor'}), '0',
 	'after DROP and CREATE of the same name, the new function does not run');
-like(field($node, $replaced, "metadata -> 'error' ->> 'detail'"), qr/no longer exists/,
+like(execution_field($node, $replaced, "metadata -> 'error' ->> 'detail'"), qr/no longer exists/,
 	'the execution fails: the configured function is gone');
 
 # --- the handler's owner must have the privileges of run_as ---
@@ -100,7 +86,7 @@ $node->safe_psql('postgres', q{
 		run_as => 'regress_high', status => 'operational');
 });
 my $h6b = run_and_wait($node, 'h6b');
-is(field($node, $h6b, 'state'), 'success', 'a handler owned by a superuser runs as run_as');
+is(execution_field($node, $h6b, 'state'), 'success', 'a handler owned by a superuser runs as run_as');
 $node->safe_psql('postgres', q{
 	ALTER FUNCTION author.h6b(jsonb) OWNER TO regress_author;
 	SET ROLE regress_author;
@@ -111,7 +97,7 @@ $node->safe_psql('postgres', q{
 my $stolen = run_and_wait($node, 'h6b');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM public.ran WHERE who = 'stolen'}), '0',
 	'once its owner lacks the privileges of run_as, the replaced body does not run');
-like(field($node, $stolen, "state || ': ' || (metadata -> 'error' ->> 'detail')"),
+like(execution_field($node, $stolen, "state || ': ' || (metadata -> 'error' ->> 'detail')"),
 	qr/^failed: The owner of author\.h6b\(jsonb\), role "regress_author", does not have the privileges of role "regress_high"\./,
 	'the owner is checked before every run');
 
@@ -158,7 +144,7 @@ is($copy->safe_psql('postgres', q{SELECT string_agg(api_name || ' ' || handler |
 like($copy->safe_psql('postgres', q{SELECT smartconnector.describe('no_role') ->> 'problem'}),
 	qr/role "regress_gone" does not exist/, 'and say what is broken');
 my $restored = run_and_wait($copy, 'alive');
-is(field($copy, $restored, 'state'), 'success', 'a restored connector whose handler exists runs');
+is(execution_field($copy, $restored, 'state'), 'success', 'a restored connector whose handler exists runs');
 
 # --- pg_upgrade: --check passes, and the same handlers run after the upgrade ---
 $node->safe_psql('postgres', q{UPDATE smartconnector.connector SET status = 'inactive' WHERE api_name IN ('h5', 'h6b')});
@@ -187,7 +173,7 @@ command_ok(
 chdir $cwd;
 $new->start;
 my $after_upgrade = run_and_wait($new, 'alive');
-is(field($new, $after_upgrade, 'state'), 'success', 'after the upgrade the connector runs');
+is(execution_field($new, $after_upgrade, 'state'), 'success', 'after the upgrade the connector runs');
 is($new->safe_psql('postgres', "SELECT who FROM public.ran WHERE execution = $after_upgrade"), 'alive',
 	'its own handler');
 is($new->safe_psql('postgres', q{SELECT handler_oid = 'public.alive(jsonb)'::regprocedure
