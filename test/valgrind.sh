@@ -2,8 +2,10 @@
 # test/valgrind.sh: run the worker paths under valgrind's memcheck.
 #
 # Starts a throwaway server with every PostgreSQL process under valgrind,
-# drives executors (handler runs, a failing one, a dry run, cancel), the
-# launcher (a dead external runner) and the dispatcher (signed webhooks to a
+# drives executors (handler runs, a failing one, a dry run, cancel, a
+# handler that ignores cancel and is terminated, two roles' executors, the
+# session reset after a handler left state behind), the launcher (a dead
+# external runner) and the dispatcher (signed webhooks to a
 # local receiver, a refused private address, emails to a local SMTP server),
 # shuts down cleanly, and reports every error and definite leak whose stack
 # passes through smartconnector.so.  Exit status 1 if there is any.
@@ -37,6 +39,7 @@ smartconnector.database_name = 'postgres'
 smartconnector.smtp_url = 'smtp://127.0.0.1:$smtp_port'
 smartconnector.webhook_retry_schedule = '1s'
 smartconnector.executor_idle_timeout = 5
+smartconnector.cancel_grace = 1s
 max_worker_processes = 16
 CONF
 sc_as_postgres valgrind --quiet --trace-children=yes --track-origins=yes \
@@ -66,10 +69,42 @@ SELECT smartconnector.trigger('work') FROM generate_series(1, 10);
 SELECT smartconnector.trigger('work', '{"fail": true}');
 SELECT smartconnector.trigger('work', dry_run => true);
 SELECT smartconnector.trigger('work', '{"sleep": true}') AS slow \gset
+-- a second role, whose handler leaves session state behind for the reset
+CREATE ROLE regress_vg LOGIN;
+CREATE FUNCTION public.messy(ctx jsonb) RETURNS void LANGUAGE plpgsql AS \$\$
+BEGIN
+	CREATE TEMP TABLE IF NOT EXISTS leftover (x integer);
+	EXECUTE 'PREPARE p' || (ctx ->> 'execution_id') || ' AS SELECT 1';
+	EXECUTE 'DECLARE c' || (ctx ->> 'execution_id') || ' CURSOR WITH HOLD FOR SELECT 1';
+	PERFORM pg_advisory_lock(1);
+	PERFORM set_config('work_mem', '1234kB', false);
+END \$\$;
+GRANT EXECUTE ON FUNCTION public.messy(jsonb) TO regress_vg;
+SELECT smartconnector.create_connector('Messy', 'messy', handler => 'public.messy(jsonb)',
+	run_as => 'regress_vg', status => 'operational');
+SELECT smartconnector.trigger('messy') FROM generate_series(1, 5);
 SQL
 # let the slow one start, then cancel it
 until [[ $(psql_ -Atc "SELECT count(*) FROM smartconnector.execution_progress") -gt 0 ]]; do sleep 0.5; done
 psql_ -c "SELECT smartconnector.cancel(max(execution_id)) FROM smartconnector.execution_progress" >/dev/null
+# a handler that ignores cancel: the launcher terminates its executor
+psql_ <<SQL
+CREATE FUNCTION public.stubborn(ctx jsonb) RETURNS void LANGUAGE plpgsql AS \$\$
+BEGIN
+	LOOP
+		BEGIN
+			PERFORM pg_sleep(0.2);
+		EXCEPTION WHEN query_canceled THEN NULL;
+		END;
+	END LOOP;
+END \$\$;
+SELECT smartconnector.create_connector('Stubborn', 'stubborn', handler => 'public.stubborn(jsonb)',
+	status => 'operational');
+SELECT smartconnector.trigger('stubborn');
+SQL
+until [[ $(psql_ -Atc "SELECT count(*) FROM smartconnector.execution_progress p JOIN smartconnector.execution e ON e.id = p.execution_id JOIN smartconnector.connector c ON c.id = e.connector_id WHERE c.api_name = 'stubborn'") -gt 0 ]]; do sleep 0.5; done
+psql_ -c "SELECT smartconnector.cancel(e.id) FROM smartconnector.execution e JOIN smartconnector.connector c ON c.id = e.connector_id WHERE c.api_name = 'stubborn'" >/dev/null
+until [[ $(psql_ -Atc "SELECT count(*) FROM smartconnector.execution WHERE state IN ('queued', 'running')") == 0 ]]; do sleep 1; done
 # (webhooks to localhost are refused so far: block_private_addresses is on)
 until [[ $(psql_ -Atc "SELECT count(*) FROM smartconnector.execution WHERE state IN ('queued', 'running')") == 0 ]]; do sleep 1; done
 # an external runner that dies
@@ -91,7 +126,7 @@ echo "valgrind logs: $(ls "$work"/vg/*.log | wc -l) processes"
 # uninitialised byte(s)"; its own valgrind.supp suppresses these); every
 # other error, and every definite leak, whose stack passes through our
 # sources is a finding.
-ours='(smartconnector|admission|catalog|cron|dispatcher|executor|http|launcher|payload|runtime|shmem)\.c:'
+ours='(smartconnector|admission|binding|catalog|cron|dispatcher|executor|http|identity|launcher|lifecycle|payload|runtime|shmem|worker)\.c:'
 bad=0
 for f in "$work"/vg/*.log; do
 	awk -v RS= -v ours="$ours" '$0 ~ ours && $0 !~ /Syscall param (write|pwrite64)\(buf\) points to uninitialised/' \
