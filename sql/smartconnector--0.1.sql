@@ -896,6 +896,10 @@ CREATE FUNCTION smartconnector.signal_runner_at_commit(execution_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'signal_runner_at_commit';
 
+CREATE FUNCTION smartconnector.signal_committing_runner(execution_id bigint)
+RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'signal_committing_runner';
+
 CREATE FUNCTION smartconnector.current_execution()
 RETURNS bigint LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'current_execution';
@@ -1089,8 +1093,10 @@ AS 'MODULE_PATHNAME', 'complete_execution';
 /*
  * One launcher pass: fail running executions whose runner is gone (no live
  * backend's progress slot names them), with the reason the launcher gives
- * for those whose executor it terminated ({"id": reason}), and count the
- * running ones.  One that cannot be ended now because a user's open
+ * for those whose executor it terminated ({"id": {"error": reason,
+ * "cancelled": bool}}: one terminated because its handler ignored cancel()
+ * ends cancelled, even when that cancel() has not committed yet), and count
+ * the running ones.  One that cannot be ended now because a user's open
  * transaction holds a lock it needs (the launcher's lock_timeout) is left
  * for the next pass.
  */
@@ -1106,16 +1112,28 @@ BEGIN
 	FOR r IN SELECT e.id FROM smartconnector.execution e WHERE e.state = 'running' ORDER BY e.id
 	LOOP
 		IF NOT smartconnector.runner_alive(r.id) THEN
+			/*
+			 * A row someone holds is left for the next pass: the dying
+			 * runner's own transaction, or a cancel() waiting for it, which
+			 * then ends it as cancelled.
+			 */
+			PERFORM 1 FROM smartconnector.execution x
+			 WHERE x.id = r.id AND x.state = 'running' FOR UPDATE SKIP LOCKED;
+			CONTINUE WHEN NOT FOUND;
 			/* counts the dead runner published, if its progress slot still has them */
 			SELECT p.records_created, p.records_updated, p.records_skipped, p.records_failed
 			  INTO counts FROM smartconnector.progress() p WHERE p.execution_id = r.id;
 			BEGIN
+				IF (reasons -> r.id::text ->> 'cancelled')::boolean THEN
+					UPDATE smartconnector.execution x SET cancel_requested = true WHERE x.id = r.id;
+				END IF;
 				PERFORM smartconnector.complete_execution(r.id,
 					coalesce(counts.records_created, 0), coalesce(counts.records_updated, 0),
 					coalesce(counts.records_skipped, 0), coalesce(counts.records_failed, 0),
-					coalesce(reasons ->> r.id::text,
+					coalesce(reasons -> r.id::text ->> 'error',
 							 'runner ended before the execution finished (its session or worker exited)'),
-					NULL, NULL);
+					jsonb_strip_nulls(jsonb_build_object('stopped', reasons -> r.id::text ->> 'error')),
+					NULL);
 			EXCEPTION WHEN lock_not_available THEN
 				NULL;
 			END;
@@ -1250,6 +1268,8 @@ BEGIN
 		RETURN true;
 	END IF;
 
+	/* an executor committing the handler's work holds the row: interrupt it first */
+	PERFORM smartconnector.signal_committing_runner(execution_id);
 	SELECT x.state, c.handler IS NULL AS external, p.records_created, p.records_updated,
 		   p.records_skipped, p.records_failed
 	  INTO e

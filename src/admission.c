@@ -40,6 +40,7 @@ PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
 PG_FUNCTION_INFO_V1(wake_dispatcher_at_commit);
 PG_FUNCTION_INFO_V1(signal_runner_at_commit);
+PG_FUNCTION_INFO_V1(signal_committing_runner);
 
 typedef enum PendingKind
 {
@@ -145,7 +146,11 @@ sc_admissions_locked_by_executors(int64 connector_id)
 		bool		found = false;
 
 		if (proc == NULL)
-			continue;
+		{
+			/* not a backend: a prepared transaction, which may stay for any time */
+			executors_only = false;
+			break;
+		}
 		SpinLockAcquire(&sc_shared->mutex);
 		for (int k = 0; k < sc_max_workers && !found; k++)
 			found = sc_shared->executors[k].in_use && sc_shared->executors[k].pid == proc->pid;
@@ -231,7 +236,7 @@ run_pending(bool commit, int level)
 		{
 			case PENDING_SIGNAL_AT_COMMIT:
 				if (commit)
-					sc_signal_runner(action->execution_id);
+					sc_signal_runner(action->execution_id, false);
 				break;
 			case PENDING_CLEAR_CURRENT_AT_COMMIT:
 				if (commit)
@@ -262,6 +267,12 @@ xact_callback(XactEvent event, void *arg)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that admitted, ended or cancelled a smartconnector execution")));
+			/* a prepared settings change would hold the connector's admission lock indefinitely */
+			if (wake_pending || wake_dispatcher_pending)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that queued or cancelled an execution or changed what may start"),
+						 errdetail("Executors and the launcher would wait for it until COMMIT PREPARED.")));
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -360,5 +371,19 @@ Datum
 signal_runner_at_commit(PG_FUNCTION_ARGS)
 {
 	remember(PENDING_SIGNAL_AT_COMMIT, PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * signal_committing_runner(execution_id bigint) returns void: cancel() of a
+ * running execution, before it waits for the execution's row: if the
+ * executor is committing the handler's work (which holds that row while
+ * deferred triggers or held cursors of the handler run), interrupt it now,
+ * or cancel() would wait for it without end.
+ */
+Datum
+signal_committing_runner(PG_FUNCTION_ARGS)
+{
+	(void) sc_signal_runner(PG_GETARG_INT64(0), true);
 	PG_RETURN_VOID();
 }

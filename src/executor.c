@@ -345,16 +345,16 @@ call_handler(ExecInfo *info)
 					   ((TimestampTz) StatementTimeout + sc_cancel_grace_ms) * 1000, false);
 		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
 	}
-	sc_set_phase(SC_PHASE_HANDLER);
+	if (sc_set_phase(SC_PHASE_HANDLER))
+		InterruptPending = QueryCancelPending = true;	/* cancelled on the way */
 	RESUME_CANCEL_INTERRUPTS();
 	CHECK_FOR_INTERRUPTS();
 
 	value = FunctionCallInvoke(fcinfo);
 
+	/* the statement timeout stays armed: the commit runs the handler's code too */
 	HOLD_CANCEL_INTERRUPTS();
-	disable_timeout(STATEMENT_TIMEOUT, false);
 	sc_set_phase(SC_PHASE_COMPLETING);
-	sc_set_stop_by(0, false);
 	PopActiveSnapshot();
 
 	if (!fcinfo->isnull && info->binding.rettype == JSONBOID)
@@ -417,8 +417,21 @@ run_execution(int64 execution_id)
 		(void) sc_complete_current(NULL, NULL, result);
 		sc_privileged_end(&priv);
 
-		/* as the role: what the handler left for commit fires as the role */
+		/*
+		 * Commit as the role: what the handler left for commit (deferred
+		 * triggers, held cursors) runs as the role, and like the handler
+		 * itself it can be cancelled and is bound by the statement timeout
+		 * and the launcher's deadline.  An interrupt there aborts the commit,
+		 * and the execution ends failed or cancelled below.
+		 */
+		if (sc_set_phase(SC_PHASE_COMMITTING))
+			InterruptPending = QueryCancelPending = true;
+		RESUME_CANCEL_INTERRUPTS();
 		sc_work_commit();
+		HOLD_CANCEL_INTERRUPTS();
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		sc_set_phase(SC_PHASE_COMPLETING);
+		sc_set_stop_by(0, false);
 		completed = true;
 	}
 	PG_CATCH();

@@ -96,6 +96,7 @@ typedef struct Stopped
 {
 	int64		execution_id;
 	const char *reason;
+	bool		cancelled;		/* it was cancel() that the handler ignored */
 } Stopped;
 static Stopped stopped[MAX_STOPPED];
 static int	n_stopped = 0;
@@ -293,7 +294,7 @@ stop_overdue_handlers(void)
 		if (id == 0)
 			continue;
 		SpinLockAcquire(&sc_shared->mutex);
-		if (slot->phase == SC_PHASE_HANDLER && slot->stop_by != 0 && now >= slot->stop_by)
+		if (SC_PHASE_RUNS_USER_CODE(slot->phase) && slot->stop_by != 0 && now >= slot->stop_by)
 		{
 			pid = slot->pid;
 			for_cancel = slot->stop_for_cancel;
@@ -312,6 +313,7 @@ stop_overdue_handlers(void)
 			n_stopped--;
 		}
 		stopped[n_stopped].execution_id = id;
+		stopped[n_stopped].cancelled = for_cancel;
 		stopped[n_stopped].reason = for_cancel ?
 			"the handler did not stop when it was cancelled: its executor was terminated" :
 			"canceling statement due to statement timeout: the handler did not stop, and its executor was terminated";
@@ -321,8 +323,9 @@ stop_overdue_handlers(void)
 }
 
 /*
- * The reasons of terminated executors as a jsonb object {"id": reason};
- * launcher_pass() ends their executions with them.
+ * The reasons of terminated executors as a jsonb object {"id": {"error":
+ * reason, "cancelled": bool}}; launcher_pass() ends their executions with
+ * them.
  */
 static char *
 stopped_reasons(void)
@@ -333,8 +336,10 @@ stopped_reasons(void)
 	appendStringInfoChar(&buf, '{');
 	for (int i = 0; i < n_stopped; i++)
 	{
-		appendStringInfo(&buf, "%s\"%lld\": ", i > 0 ? ", " : "", (long long) stopped[i].execution_id);
+		appendStringInfo(&buf, "%s\"%lld\": {\"error\": ", i > 0 ? ", " : "",
+						 (long long) stopped[i].execution_id);
 		escape_json(&buf, stopped[i].reason);
+		appendStringInfo(&buf, ", \"cancelled\": %s}", stopped[i].cancelled ? "true" : "false");
 	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
@@ -840,7 +845,7 @@ sc_launcher_main(Datum main_arg)
 	for (;;)
 	{
 		int			running = 0;
-		List	   *demand = NIL;
+		List	   *volatile demand = NIL;
 		volatile bool more_fail = false;
 		volatile bool installed = false;
 		volatile bool more_cleanup = false;
@@ -861,11 +866,13 @@ sc_launcher_main(Datum main_arg)
 		PG_TRY();
 		{
 			bool		more;
+			List	   *roles;
 
-			installed = launcher_pass(&running, &demand, &more);
+			installed = launcher_pass(&running, &roles, &more);
+			demand = roles;
 			more_fail = more;
 			if (installed)
-				manage_executors(demand);
+				manage_executors(roles);
 			if (installed && GetCurrentTimestamp() >=
 				TimestampTzPlusMilliseconds(last_cleanup, CLEANUP_INTERVAL_MS))
 			{
@@ -883,7 +890,9 @@ sc_launcher_main(Datum main_arg)
 		}
 		PG_END_TRY();
 
-		naptime = (installed && running > 0) ? LAUNCHER_BUSY_NAPTIME_MS : LAUNCHER_IDLE_NAPTIME_MS;
+		/* executions run, or are about to start: watch their runners and deadlines */
+		naptime = (installed && (running > 0 || demand != NIL)) ?
+			LAUNCHER_BUSY_NAPTIME_MS : LAUNCHER_IDLE_NAPTIME_MS;
 		if (more_cleanup || more_fail)
 			naptime = 0;		/* the next batch right away */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -60,6 +60,8 @@ PG_FUNCTION_INFO_V1(execution_ended);
 #define MAX_CANDIDATES 256
 /* admit_connector(): the connector's admission lock is held elsewhere */
 #define ADMIT_BUSY (-1)
+/* admit_connector(): a cancel() in progress holds the head of its queue */
+#define ADMIT_HEAD_LOCKED (-2)
 /* How long an executor keeps that list between admissions */
 #define CANDIDATES_MAX_AGE_MS 10
 
@@ -79,6 +81,7 @@ static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr take_plan = NULL;
 static SPIPlanPtr queued_plan = NULL;
+static SPIPlanPtr head_lock_plan = NULL;
 static SPIPlanPtr end_plan = NULL;
 static SPIPlanPtr recipients_plan = NULL;
 static SPIPlanPtr delivery_plan = NULL;
@@ -147,9 +150,12 @@ count_running(int64 connector_id)
 
 /*
  * Admit the oldest queued execution of one connector if its status and
- * limit allow; returns its id, 0 if nothing may start, or ADMIT_BUSY if
- * !wait and another transaction holds the connector's admission lock
- * (another admission, or a change of its status, limit, handler or run_as).
+ * limit allow; returns its id, 0 if nothing may start, or, if !wait,
+ * ADMIT_BUSY when another transaction holds the connector's admission lock
+ * (another admission, or a change of its status, limit, handler or run_as);
+ * and, for executors or if !wait, ADMIT_HEAD_LOCKED when a cancel() not yet
+ * committed holds the oldest queued execution (which may stay so for any
+ * time).
  * An executor (for_executor) admits only connectors that have a handler.
  * With occupy, this backend becomes the execution's runner (its progress
  * slot names it); without, the caller ends it in this same transaction.
@@ -203,16 +209,21 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 	{
 		/*
 		 * Take the head of the queue and mark it running in one statement.
-		 * Only cancel() removes queue rows without the connector's lock; if
-		 * it took the head while we waited, this finds nothing and we look
-		 * again.
+		 * Only cancel() removes queue rows without the connector's lock.  A
+		 * head that a cancel() not yet committed holds is skipped, not
+		 * waited for, and nothing behind it is taken (FIFO): this finds
+		 * nothing then, and so it does when such a cancel took the head.
 		 */
 		ret = SPI_execute_plan(sc_keep_plan(&take_plan,
 			"WITH head AS ("
 			"  DELETE FROM smartconnector.queue q"
 			"   WHERE q.connector_id = $1"
-			"     AND q.execution_id = (SELECT min(h.execution_id) FROM smartconnector.queue h"
-			"                            WHERE h.connector_id = $1)"
+			"     AND q.execution_id = (SELECT h.execution_id FROM smartconnector.queue h"
+			"                            WHERE h.connector_id = $1"
+			"                            ORDER BY h.execution_id LIMIT 1"
+			"                              FOR UPDATE SKIP LOCKED)"
+			"     AND NOT EXISTS (SELECT 1 FROM smartconnector.queue o"
+			"                      WHERE o.connector_id = $1 AND o.execution_id < q.execution_id)"
 			"  RETURNING q.execution_id)"
 			" UPDATE smartconnector.execution x"
 			"    SET state = 'running', started_at = pg_catalog.clock_timestamp(),"
@@ -247,6 +258,18 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 			sc_unlock_admissions(connector_id);
 			return 0;
 		}
+		if (!wait || for_executor)
+		{
+			/* executors (and the launcher) never wait for a head: they serve others */
+			sc_unlock_admissions(connector_id);
+			return ADMIT_HEAD_LOCKED;
+		}
+		/* claim(): wait for the cancel() that holds the head to end, then look again */
+		if (SPI_execute_plan(sc_keep_plan(&head_lock_plan,
+			"SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = $1"
+			" ORDER BY q.execution_id LIMIT 1 FOR UPDATE",
+			1, types), args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not wait for the queue of connector %lld", (long long) connector_id);
 	}
 }
 
@@ -344,6 +367,8 @@ admit_from_candidates(void)
 			count_running(candidates[i].connector_id) >= candidates[i].limit)
 			continue;
 		id = admit_connector(candidates[i].connector_id, true, false, true, &next_head);
+		if (id == ADMIT_HEAD_LOCKED)
+			continue;			/* a cancel in progress: try it again later */
 		if (id == ADMIT_BUSY)
 		{
 			if (busy == 0 && sc_admissions_locked_by_executors(candidates[i].connector_id))
@@ -358,6 +383,8 @@ admit_from_candidates(void)
 	if (busy == 0)
 		return 0;
 	id = admit_connector(busy, true, true, true, &next_head);
+	if (id == ADMIT_HEAD_LOCKED)
+		return 0;
 	i = candidate_index(busy);
 	if (i >= 0)
 		reposition_candidate(i, next_head);

@@ -144,6 +144,7 @@ sc_occupy_slot(int64 execution_id)
 	slot->phase = SC_PHASE_ADMITTED;
 	slot->stop_by = 0;
 	slot->stop_for_cancel = false;
+	slot->cancel_pending = false;
 	SpinLockRelease(&sc_shared->mutex);
 	pg_atomic_write_u64(&slot->execution_id, (uint64) execution_id);
 	sc_forget_current_on_abort();
@@ -240,17 +241,27 @@ sc_begin_current(int64 execution_id, int64 connector_id, bool diff_check,
 
 /*
  * Say what this session does with its current execution (for cancel()).
+ * Returns whether a cancel came while the execution was on its way to a
+ * phase that runs user code (see sc_signal_runner), which the caller then
+ * honours.
  */
-void
+bool
 sc_set_phase(ScPhase phase)
 {
 	ScProgressSlot *slot = sc_my_progress_slot();
+	bool		pending = false;
 
 	if (slot == NULL)
-		return;
+		return false;
 	SpinLockAcquire(&sc_shared->mutex);
 	slot->phase = phase;
+	if (SC_PHASE_RUNS_USER_CODE(phase))
+	{
+		pending = slot->cancel_pending;
+		slot->cancel_pending = false;
+	}
 	SpinLockRelease(&sc_shared->mutex);
+	return pending;
 }
 
 /*
@@ -267,6 +278,7 @@ sc_clear_current(void)
 		slot->phase = SC_PHASE_IDLE;
 		slot->stop_by = 0;
 		slot->stop_for_cancel = false;
+		slot->cancel_pending = false;
 		SpinLockRelease(&sc_shared->mutex);
 		pg_atomic_write_u64(&slot->execution_id, 0);
 	}

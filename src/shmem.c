@@ -205,13 +205,18 @@ sc_my_progress_slot(void)
 }
 
 /*
- * Interrupt whoever runs execution_id inside its handler (executor workers
- * only: phase SC_PHASE_HANDLER), with the same SIGINT a query cancel sends,
- * and give it smartconnector.cancel_grace to stop.  Returns whether a
- * signal was sent.
+ * Interrupt the executor that runs execution_id, with the same SIGINT a
+ * query cancel sends, while it runs user code (its handler, or the commit
+ * of the handler's work, which runs its deferred triggers and held
+ * cursors), and give it smartconnector.cancel_grace to stop; the launcher
+ * terminates it after that.  An executor on its way to the handler is told
+ * to cancel as soon as it gets there.  With committing_only, only an
+ * executor committing is interrupted (cancel() does so before it waits for
+ * the execution's row, which that commit holds).  Returns whether a signal
+ * was sent.
  */
 bool
-sc_signal_runner(int64 execution_id)
+sc_signal_runner(int64 execution_id, bool committing_only)
 {
 	ScProgressSlot *target = NULL;
 	pid_t		pid = 0;
@@ -225,12 +230,18 @@ sc_signal_runner(int64 execution_id)
 		ScProgressSlot *slot = &sc_shared->progress[i];
 
 		if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id &&
-			slot->phase == SC_PHASE_HANDLER)
+			slot->phase != SC_PHASE_EXTERNAL && slot->phase != SC_PHASE_IDLE)
 			target = slot;
+	}
+	if (target != NULL && committing_only && target->phase != SC_PHASE_COMMITTING)
+		target = NULL;
+	if (target != NULL && !SC_PHASE_RUNS_USER_CODE(target->phase))
+	{
+		target->cancel_pending = true;
+		target = NULL;
 	}
 	if (target != NULL)
 	{
-		/* a handler may catch the cancel: the launcher terminates it after the grace */
 		if (!target->stop_for_cancel)
 		{
 			target->stop_by = now + (TimestampTz) sc_cancel_grace_ms * 1000;

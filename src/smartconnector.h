@@ -62,6 +62,8 @@ typedef enum ScPhase
 	SC_PHASE_IDLE = 0,
 	SC_PHASE_ADMITTED,			/* admitted in a transaction not yet committed */
 	SC_PHASE_HANDLER,			/* executor: inside the handler */
+	SC_PHASE_COMMITTING,		/* executor: committing the handler's work, which
+								 * runs its deferred triggers and held cursors */
 	SC_PHASE_EXTERNAL,			/* session: between claim() and finish() */
 	SC_PHASE_COMPLETING			/* executor: recording the outcome */
 } ScPhase;
@@ -82,7 +84,12 @@ typedef struct ScProgressSlot
 	 * statement_timeout (0: no such moment); protected by ScShared.mutex */
 	TimestampTz stop_by;
 	bool		stop_for_cancel;	/* stop_by comes from cancel() */
+	bool		cancel_pending; /* cancelled before its handler started */
 } ScProgressSlot;
+
+/* Phases in which a runner runs user code: cancel() interrupts it there */
+#define SC_PHASE_RUNS_USER_CODE(phase) \
+	((phase) == SC_PHASE_HANDLER || (phase) == SC_PHASE_COMMITTING)
 
 /* One executor worker of the pool; each serves one role */
 typedef struct ScExecutorSlot
@@ -156,7 +163,7 @@ extern void sc_publish_latch(ScWakeable *w);
 extern void sc_wake_launcher(void);
 extern void sc_wake_dispatcher(void);
 extern ScProgressSlot *sc_my_progress_slot(void);
-extern bool sc_signal_runner(int64 execution_id);
+extern bool sc_signal_runner(int64 execution_id, bool committing_only);
 extern bool sc_runner_alive(int64 execution_id);
 extern void sc_set_stop_by(TimestampTz stop_by, bool for_cancel);
 
@@ -186,7 +193,7 @@ extern void sc_occupy_slot(int64 execution_id);
 extern void sc_install_utility_hook(void);
 extern void sc_begin_current(int64 execution_id, int64 connector_id,
 							 bool diff_check, bool dry_run, ScPhase phase);
-extern void sc_set_phase(ScPhase phase);
+extern bool sc_set_phase(ScPhase phase);
 extern void sc_clear_current(void);
 extern char *sc_complete_current(const char *error, const char *metadata_json,
 								 const char *handler_result_json);

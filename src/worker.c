@@ -93,6 +93,8 @@ sc_apply_plan_settings(bool whole_session)
 {
 	static const char *const settings[][2] = {
 		{"search_path", "pg_catalog, pg_temp"},
+		/* off would make our triggers take our own changes for a restore */
+		{"check_function_bodies", "on"},
 		{"enable_hashjoin", "off"},
 		{"enable_mergejoin", "off"},
 		{"jit", "off"},
@@ -154,8 +156,7 @@ sc_privileged_reset(void)
  * no SET ROLE, no cursors WITH HOLD), with our statements' settings pinned
  * and the user-settable ones that would change what they do put back:
  * a role's (or a handler's) lock_timeout would break admission waits,
- * check_function_bodies off would make our triggers take the change for a
- * dump being restored, transform_null_equals would change comparisons.  No
+ * transform_null_equals would change comparisons.  No
  * user-defined code runs inside.  Transaction abort ends it as well.
  */
 void
@@ -163,7 +164,6 @@ sc_privileged_begin(ScPrivileged *p)
 {
 	static const char *const settings[][2] = {
 		{"lock_timeout", "0"},
-		{"check_function_bodies", "on"},
 		{"transform_null_equals", "off"},
 		{"standard_conforming_strings", "on"},
 	};

@@ -237,6 +237,52 @@ my $timeout = run_and_wait($node, 'stubborn_timeout');
 is(execution_field($node, $timeout, "state || ': ' || error"),
 	'failed: canceling statement due to statement timeout: the handler did not stop, and its executor was terminated',
 	'so does the role\'s statement_timeout');
+# --- nor can code the handler leaves for its commit (second attack review) ---
+as_low(q{
+	CREATE TABLE low.late (x integer);
+	CREATE FUNCTION low.sleeper() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		LOOP
+			BEGIN
+				PERFORM pg_sleep(0.2);
+			EXCEPTION WHEN query_canceled THEN NULL;
+			END;
+		END LOOP;
+	END $$;
+	CREATE CONSTRAINT TRIGGER late AFTER INSERT ON low.late DEFERRABLE INITIALLY DEFERRED
+		FOR EACH ROW EXECUTE FUNCTION low.sleeper();
+	CREATE FUNCTION low.at_commit(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO low.late VALUES (1);
+	END $$;
+});
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION public.cursor_at_commit(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		EXECUTE 'DECLARE slow_cursor CURSOR WITH HOLD FOR SELECT pg_sleep(3600)';
+	END $$;
+	GRANT EXECUTE ON FUNCTION public.cursor_at_commit(jsonb) TO regress_conf;
+	SELECT smartconnector.create_connector('At commit', 'at_commit', handler => 'low.at_commit(jsonb)',
+		run_as => 'regress_low', status => 'operational');
+	SELECT smartconnector.create_connector('At commit, with a timeout', 'at_commit_timeout',
+		handler => 'public.cursor_at_commit(jsonb)', run_as => 'regress_conf', status => 'operational');
+});
+my $late = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('at_commit')});
+wait_until($node, "SELECT count(*) = 1 FROM pg_stat_activity a JOIN smartconnector.execution_progress p
+	ON p.pid = a.pid WHERE p.execution_id = $late AND a.wait_event = 'PgSleep'",
+	'a deferred trigger of the handler runs at commit');
+# cancel() interrupts that commit rather than wait for it: it returns (true,
+# or false if the launcher ended the execution first, as cancelled)
+$node->safe_psql('postgres', "SELECT smartconnector.cancel($late)");
+wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHERE id = $late",
+	'cancel() returns, and the execution ends cancelled');
+is(execution_field($node, $late, "metadata ->> 'stopped'"),
+	'the handler did not stop when it was cancelled: its executor was terminated',
+	'saying its executor was terminated');
+my $cursor = run_and_wait($node, 'at_commit_timeout');
+like(execution_field($node, $cursor, "state || ': ' || error"), qr/^failed: canceling statement due to statement timeout/,
+	'a held cursor run at commit is bound by the role\'s statement_timeout');
+
 my $gives_up = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('stubborn', '{"give_up": true}')});
 wait_until($node, "SELECT count(*) = 1 FROM smartconnector.execution_progress WHERE execution_id = $gives_up",
 	'a handler that returns when cancelled runs');

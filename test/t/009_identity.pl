@@ -260,6 +260,16 @@ is(execution_field($node, $cancelled, "state || ' ' || (metadata ->> 'cancelled_
 	'nor replace the role that cancelled it');
 $runner->{stderr} = '';
 $runner->quit;
+# a runner cannot switch the audit off either (second attack review)
+$node->safe_psql('postgres', q{SELECT smartconnector.set_status('ext', 'operational')});
+my $failing = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('ext')});
+$runner = $node->background_psql('postgres');
+$runner->query_safe(q{SET ROLE regress_op; SET check_function_bodies = off; SELECT smartconnector.claim('ext')});
+$runner->query_safe(qq{SELECT smartconnector.finish($failing, 'the source is down')});
+is($node->safe_psql('postgres', q{SELECT changed_by || ' ' || new_value FROM smartconnector.settings_history
+	WHERE api_name = 'ext' AND column_name = 'status' ORDER BY id DESC LIMIT 1}), 'postgres need_attention',
+	'the need_attention its failure causes is audited, with check_function_bodies off in its session');
+$runner->quit;
 my $cid = $node->safe_psql('postgres', q{SELECT smartconnector.connector_id('ext')});
 ($ret, $out, $err) = $node->psql('postgres', "SET ROLE regress_op; SELECT smartconnector.trigger_scheduled($cid)");
 like($err, qr/smartconnector.trigger_scheduled\(\) is for pg_cron jobs/,

@@ -12,7 +12,7 @@ use Test::More;
 use SmartConnectorTest qw(new_node wait_until);
 
 my $node = new_node('pool', conf => "smartconnector.max_workers = 2\n"
-	  . "smartconnector.executor_idle_timeout = 1\n");
+	  . "smartconnector.executor_idle_timeout = 1\nmax_prepared_transactions = 2\n");
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION smartconnector;
 	CREATE ROLE regress_a LOGIN;
@@ -40,6 +40,8 @@ sub state_of
 	my ($id) = @_;
 	return $node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $id");
 }
+
+my ($ret, $out, $err);
 
 # --- one role's backlog does not hold another role's work back ---
 my $holder = $node->background_psql('postgres');
@@ -114,6 +116,31 @@ wait_until($node, "SELECT state = 'failed' FROM smartconnector.execution WHERE i
 	'and the dead runner\'s execution fails once it commits');
 $open->quit;
 
+# --- an open cancel() of a queued execution holds up only that connector (second attack review) ---
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('B2', 'b2', handler => 'public.work(jsonb)',
+		run_as => 'regress_b', status => 'operational');
+	SELECT smartconnector.set_max_concurrent_executions('b', 0);
+});
+my @bq = split /\n/, $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b') FROM generate_series(1, 2) ORDER BY 1});
+my $canceller = $node->background_psql('postgres');
+$canceller->query_safe("BEGIN; SELECT smartconnector.cancel($bq[0])");
+$node->safe_psql('postgres', q{SELECT smartconnector.set_max_concurrent_executions('b', 1)});
+my $b2 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b2')});
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $b2",
+	'another connector of the same role runs while the cancel is open');
+is($node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $bq[1]"), 'queued',
+	'and the execution behind the one being cancelled waits: FIFO');
+$canceller->query_safe('COMMIT');
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $bq[1]",
+	'once the cancel commits, it runs');
+$canceller->quit;
+($ret, $out, $err) = $node->psql('postgres', q{BEGIN;
+	SELECT smartconnector.set_max_concurrent_executions('b', 2);
+	PREPARE TRANSACTION 'hold_b'});
+like($err, qr/cannot PREPARE a transaction that queued or cancelled an execution or changed what may start/,
+	'a settings change cannot be left prepared, holding its admission lock');
+
 # --- a role no executor can connect as fails its executions, saying why ---
 my $c = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('c')});
 $node->safe_psql('postgres', q{ALTER ROLE regress_c NOLOGIN;
@@ -124,7 +151,7 @@ like($node->safe_psql('postgres', "SELECT error || ': ' || (metadata -> 'error' 
 	qr/^connector "c" cannot execute: The run_as role "regress_c" cannot log in/, 'with the reason');
 is($node->safe_psql('postgres', q{SELECT status FROM smartconnector.connector WHERE api_name = 'c'}),
 	'need_attention', 'and the connector needs attention');
-my ($ret, $out, $err) = $node->psql('postgres', q{SELECT smartconnector.set_status('c', 'operational')});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT smartconnector.set_status('c', 'operational')});
 like($err, qr/cannot be made operational.*cannot log in/s, 'it cannot be made operational again until fixed');
 
 # --- an external runner's claim: DISCARD ALL ends it, pg_advisory_unlock_all() does not ---
