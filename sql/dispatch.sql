@@ -35,6 +35,30 @@ SELECT e ->> 'type' AS type, e ->> 'status' AS status, (e -> 'connector') - 'id'
   FROM smartconnector.execution_metadata(:n1) AS e;
 SELECT (smartconnector.email_text(smartconnector.execution_metadata(:n1))).subject;
 
+-- an ended execution's event is what was sent: a rename later does not rewrite it
+UPDATE smartconnector.connector SET name = 'Notify (renamed)' WHERE api_name = 'notify';
+SELECT smartconnector.execution_metadata(:n1) -> 'connector' ->> 'name' AS sent_name,
+       smartconnector.execution_metadata(:n1) = (SELECT payload FROM smartconnector.delivery
+                                                  WHERE execution_id = :n1 AND channel = 'webhook') AS is_the_payload;
+UPDATE smartconnector.connector SET name = 'Notify' WHERE api_name = 'notify';
+
+-- a delivery keeps the credentials of its connector when it was queued
+UPDATE smartconnector.connector SET webhook_secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+       webhook_headers = '{"Authorization": "Bearer vendor-a"}' WHERE api_name = 'notify';
+SET ROLE regress_starter;
+SELECT smartconnector.trigger('notify') AS n6 \gset
+SELECT smartconnector.claim('notify') = :n6 AS claimed;
+SELECT smartconnector.finish(:n6);
+RESET ROLE;
+UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://vendor-b.example.com/hook',
+       webhook_secret = NULL, webhook_headers = '{"Authorization": "Bearer vendor-b"}' WHERE api_name = 'notify';
+SELECT target, webhook_secret IS NOT NULL AS signed, webhook_headers
+  FROM smartconnector.delivery WHERE execution_id = :n6 AND channel = 'webhook';
+SELECT channel, webhook_secret, webhook_headers
+  FROM smartconnector.delivery WHERE execution_id = :n6 AND channel = 'email' ORDER BY target;
+UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://hooks.example.com/etl/notify',
+       webhook_secret = NULL, webhook_headers = NULL WHERE api_name = 'notify';
+
 -- a failed run also mails error_notification_email; a duplicate address is mailed once
 UPDATE smartconnector.connector SET error_notification_email = 'OPS@example.com' WHERE api_name = 'notify';
 SELECT smartconnector.trigger('notify') AS n2 \gset
@@ -72,6 +96,10 @@ CREATE ROLE regress_watcher IN ROLE smartconnector_viewer;
 SET ROLE regress_watcher;
 SELECT count(*) > 0 AS viewer_sees_deliveries FROM smartconnector.delivery;
 SELECT smartconnector.redeliver(id) FROM smartconnector.delivery WHERE execution_id = :n1 AND channel = 'webhook';
+-- but not their credentials, nor the response (receivers may echo the request's headers)
+SELECT webhook_secret FROM smartconnector.delivery;
+SELECT webhook_headers FROM smartconnector.delivery;
+SELECT last_response FROM smartconnector.delivery;
 RESET ROLE;
 
 -- the per-host key of a URL, as libcurl parses it
@@ -86,6 +114,14 @@ SHOW smartconnector.block_private_addresses;
 SET smartconnector.smtp_url = 'smtp://mail.example.com';
 ALTER SYSTEM SET smartconnector.webhook_retry_schedule = '1s,soon';
 ALTER SYSTEM SET smartconnector.webhook_retry_schedule = '1s,-5s';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = '10.0.0.0/8, fd00::/8, 192.168.1.7';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = '10.0.0.0/33';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = 'intranet.example.com';
+ALTER SYSTEM RESET smartconnector.allowed_private_addresses;
+SHOW smartconnector.smtp_allow_plaintext_auth;
+-- the SMTP settings are the superuser's: a URL may hold credentials
 SET ROLE regress_watcher;
 SHOW smartconnector.smtp_password;
+SHOW smartconnector.smtp_url;
+SHOW smartconnector.smtp_allow_plaintext_auth;
 RESET ROLE;

@@ -41,6 +41,15 @@ SELECT c.api_name, e.state, e.trigger_type, e.initiated_by,
  WHERE e.trigger_type = 'chain';
 COMMIT;
 RESET ROLE;
+-- a dry run chains dry runs: a rehearsal has no real effects downstream either
+SET ROLE regress_scheduler;
+SELECT smartconnector.trigger('extract', dry_run => true) AS x0 \gset
+SELECT smartconnector.claim('extract') = :x0 AS claimed;
+SELECT smartconnector.finish(:x0);
+RESET ROLE;
+SELECT c.api_name, e.dry_run, e.input -> 'chained_from' ->> 'dry_run' AS source_dry_run
+  FROM smartconnector.execution e JOIN smartconnector.connector c ON c.id = e.connector_id
+ WHERE e.trigger_type = 'chain' ORDER BY e.id;
 -- a failed extract chains nothing
 SELECT smartconnector.trigger('extract') AS x2 \gset
 SELECT smartconnector.claim('extract') = :x2 AS claimed;

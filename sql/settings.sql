@@ -126,6 +126,9 @@ UPDATE smartconnector.connector SET execution_ended_webhook_url = 'javascript:al
 UPDATE smartconnector.connector SET execution_ended_webhook_url = 'example.com/hook' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://user:hunter2@example.com/hook' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://token@example.com/hook' WHERE api_name = 'orders';
+-- a refused URL is never echoed: it may hold credentials
+UPDATE smartconnector.connector SET execution_ended_webhook_url = 'ftp://user:hunter2@example.com/up' WHERE api_name = 'orders';
+UPDATE smartconnector.connector SET execution_ended_webhook_url = 'user:hunter2@example.com/hook' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://example.com/a hook' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET execution_ended_webhook_url = E'https://example.com/hook\r\nX-Injected: 1' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET execution_ended_webhook_url = 'https://' WHERE api_name = 'orders';
@@ -156,6 +159,8 @@ UPDATE smartconnector.connector SET webhook_headers = '{"Content-Type": "text/pl
 UPDATE smartconnector.connector SET webhook_headers = '{"webhook-signature": "v1,forged"}' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET webhook_headers = '{"Webhook-Id": "msg_1"}' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET webhook_headers = '{"Host": "internal.example"}' WHERE api_name = 'orders';
+UPDATE smartconnector.connector SET webhook_headers = '{"User-Agent": "x"}' WHERE api_name = 'orders';
+UPDATE smartconnector.connector SET webhook_headers = '{"content-encoding": "gzip"}' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET webhook_headers = '{"Proxy-Authorization": "Basic x"}' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET webhook_headers = '{"X Api Key": "k"}' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET webhook_headers = '{"X-Api-Key:": "k"}' WHERE api_name = 'orders';

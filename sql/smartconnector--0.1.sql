@@ -816,6 +816,7 @@ CREATE TABLE smartconnector.execution (
 	metadata jsonb NOT NULL DEFAULT '{}',
 	runner_pid integer,
 	cancel_requested boolean NOT NULL DEFAULT false,
+	committed boolean,
 	CONSTRAINT execution_started_check
 		CHECK ((state = 'queued') = (started_at IS NULL) OR state = 'cancelled'),
 	CONSTRAINT execution_ended_check
@@ -831,6 +832,8 @@ COMMENT ON COLUMN smartconnector.execution.initiated_by IS
 	'The role that triggered it (login or SET ROLE), even through SECURITY DEFINER code';
 COMMENT ON COLUMN smartconnector.execution.diff_check IS
 	'Effective diff check of this run: the connector''s setting unless the trigger disabled it';
+COMMENT ON COLUMN smartconnector.execution.committed IS
+	'Whether the work its record counts describe was committed: false when a handler failed or was cancelled (rolled back) and for dry runs; NULL when an external runner ran it (it commits its own work) or it never ran';
 COMMENT ON COLUMN smartconnector.execution.runner_pid IS
 	'Process that admitted it: an executor worker or an external runner''s session';
 
@@ -1446,7 +1449,7 @@ AS $$
 		'record_counts', pg_catalog.jsonb_build_object(
 			'created', e.records_created, 'updated', e.records_updated,
 			'skipped', e.records_skipped, 'failed', e.records_failed,
-			'total', e.records_total),
+			'total', e.records_total, 'committed', e.committed),
 		'output_report_url', NULLIF(pg_catalog.replace(pg_catalog.replace(
 			pg_catalog.current_setting('smartconnector.report_url_template'),
 			'{execution_id}', e.id::text), '{api_name}', c.api_name), ''),
@@ -1457,19 +1460,27 @@ AS $$
 						 ELSE e.metadata END)
 $$;
 
+/*
+ * An ended execution's event is what its deliveries carry, frozen when it
+ * ended: a later rename or report_url_template does not rewrite what was
+ * sent.  Without deliveries (nothing was sent) and before the end it is
+ * built from the current rows.
+ */
 CREATE FUNCTION smartconnector.execution_metadata(execution_id bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT smartconnector.event(e, c)
+	SELECT coalesce((SELECT d.payload FROM smartconnector.delivery d
+					  WHERE d.execution_id = e.id ORDER BY d.id LIMIT 1),
+					smartconnector.event(e, c))
 	  FROM smartconnector.execution e
 	  JOIN smartconnector.connector c ON c.id = e.connector_id
 	 WHERE e.id = $1
 $$;
 COMMENT ON FUNCTION smartconnector.execution_metadata(bigint) IS
-	'The completion event of an execution: exactly the body posted to its webhook';
+	'The completion event of an execution: exactly the body posted to its webhook (as sent, once it was sent)';
 
 /*
  * The outbox.  A completion and its deliveries commit together; the
@@ -1486,6 +1497,9 @@ CREATE TABLE smartconnector.delivery (
 	reason text NOT NULL,
 	webhook_id text NOT NULL,
 	payload jsonb NOT NULL,
+	/* the connector's webhook credentials when this was queued: they go with the URL */
+	webhook_secret text,
+	webhook_headers jsonb,
 	state text NOT NULL DEFAULT 'pending'
 		CHECK (state IN ('pending', 'delivered', 'failed')),
 	attempts integer NOT NULL DEFAULT 0,
@@ -1510,8 +1524,12 @@ COMMENT ON COLUMN smartconnector.delivery.reason IS
 	'webhook, or why this address gets the email: notification, error_notification, initiator';
 COMMENT ON COLUMN smartconnector.delivery.last_status IS
 	'HTTP status or SMTP reply code of the last attempt';
+COMMENT ON COLUMN smartconnector.delivery.webhook_secret IS
+	'The connector''s webhook_secret when the delivery was queued; every attempt is signed with it';
+COMMENT ON COLUMN smartconnector.delivery.webhook_headers IS
+	'The connector''s webhook_headers when the delivery was queued; every attempt sends them';
 COMMENT ON COLUMN smartconnector.delivery.last_response IS
-	'First 4 kB of the last response body';
+	'First 4 kB of the last response body (admins only: receivers may echo credentials)';
 COMMENT ON COLUMN smartconnector.delivery.latency_ms IS
 	'From the commit of the completion (queueing) to the successful delivery';
 
@@ -2010,10 +2028,13 @@ GRANT SELECT ON smartconnector.overview, smartconnector.recent_executions, smart
 GRANT EXECUTE ON FUNCTION smartconnector.trigger_scheduled(bigint) TO smartconnector_operator;
 /* every role manages its own address */
 GRANT EXECUTE ON FUNCTION smartconnector.set_user_email(text, name) TO PUBLIC;
-/* deliveries without the payload's secrets: the payload holds none, but targets are settings */
+/*
+ * deliveries without their credentials, and without the response body:
+ * receivers that echo the request put the credentials there
+ */
 GRANT SELECT (id, execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload, state,
 			  attempts, created_at, next_attempt_at, last_attempt_at, delivered_at, last_status,
-			  last_error, last_response, latency_ms)
+			  last_error, latency_ms)
 	ON smartconnector.delivery TO smartconnector_viewer;
 
 /* operators: status and limit */
@@ -2032,6 +2053,7 @@ GRANT EXECUTE ON FUNCTION
 /* admins: everything */
 GRANT SELECT, INSERT, UPDATE, DELETE ON smartconnector.connector TO smartconnector_admin;
 GRANT SELECT ON smartconnector.record_hash TO smartconnector_admin;
+GRANT SELECT ON smartconnector.delivery TO smartconnector_admin;
 GRANT INSERT, UPDATE, DELETE ON smartconnector.user_email TO smartconnector_admin;
 GRANT EXECUTE ON FUNCTION
 	smartconnector.create_connector(text, text, text, smartconnector.connector_status, integer,

@@ -49,6 +49,7 @@ static bool is_reserved_header(const char *name);
 static const char *const reserved_headers[] = {
 	"host", "content-length", "content-type", "transfer-encoding",
 	"connection", "keep-alive", "expect", "te", "trailer", "upgrade",
+	"user-agent", "content-encoding",
 	"webhook-id", "webhook-timestamp", "webhook-signature",
 	NULL
 };

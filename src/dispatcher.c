@@ -41,7 +41,9 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -72,7 +74,11 @@ typedef struct ReadyBatch
 	int			live;
 } ReadyBatch;
 
-/* A due delivery with its request built, waiting for a free connection */
+/*
+ * A due delivery with its request built, waiting for a free connection.
+ * A webhook is signed when it starts (start_ready), so webhook-timestamp
+ * says when it was sent, however long it waited behind a busy host.
+ */
 typedef struct ReadyDelivery
 {
 	ReadyBatch *batch;
@@ -80,13 +86,16 @@ typedef struct ReadyDelivery
 	bool		is_webhook;
 	char	   *host;
 	char	   *target;
-	char	   *body;			/* JSON body, or the whole email message */
-	List	   *headers;		/* "Name: value" strings (webhooks) */
+	char	   *body;			/* UTF-8 JSON body, or the whole email message */
+	char	   *msg_id;			/* webhook-id */
+	char	   *secret;			/* the delivery's webhook_secret, or NULL */
+	List	   *headers;		/* the delivery's webhook_headers, as curl lines */
 } ReadyDelivery;
 
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr due_plan = NULL;
 static MemoryContext ready_cxt = NULL;	/* the ready list; batches are its children */
+static ResourceOwner sign_owner = NULL;	/* holds the HMAC contexts of signing */
 static List *ready = NIL;		/* ReadyDelivery *, in fetch order */
 static TimestampTz cursor_at = DT_NOBEGIN;	/* last fetched (next_attempt_at, id) */
 static int64 cursor_id = 0;
@@ -102,6 +111,9 @@ static bool ready_can_start(void);
 static long ms_until(TimestampTz now, TimestampTz then);
 static void start_ready(void);
 static char *valid_text(const char *s);
+static char *to_utf8(char *s);
+static List *header_lines(Datum headers);
+static bool emails_enabled(void);
 
 /*
  * Milliseconds from now until then, rounded up; 0 if then has passed.
@@ -137,6 +149,62 @@ valid_text(const char *s)
 		pos += l;
 	}
 	return out;
+}
+
+/*
+ * Text from the database as UTF-8, which is what payloads and emails are
+ * labelled: converted in a database of another encoding (characters UTF-8
+ * cannot hold cannot occur, every server encoding converts to it).
+ */
+static char *
+to_utf8(char *s)
+{
+	if (s == NULL || GetDatabaseEncoding() == PG_UTF8)
+		return s;
+	return pg_server_to_any(s, strlen(s), PG_UTF8);
+}
+
+/*
+ * A delivery's webhook_headers as curl header lines, in name order.  An
+ * empty value is written "Name;", curl's way to send "Name:" (given as
+ * "Name:" it would drop the header instead).
+ */
+static List *
+header_lines(Datum headers)
+{
+	Jsonb	   *jb = DatumGetJsonbP(headers);
+	JsonbIterator *it = JsonbIteratorInit(&jb->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	List	   *lines = NIL;
+	char	   *name = NULL;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			name = to_utf8(pnstrdup(v.val.string.val, v.val.string.len));
+		else if (tok == WJB_VALUE && name != NULL && v.type == jbvString)
+		{
+			if (v.val.string.len == 0)
+				lines = lappend(lines, psprintf("%s;", name));
+			else
+				lines = lappend(lines, psprintf("%s: %s", name,
+												to_utf8(pnstrdup(v.val.string.val,
+																 v.val.string.len))));
+			name = NULL;
+		}
+	}
+	return lines;
+}
+
+/*
+ * Whether emails can be sent: with smartconnector.smtp_url empty they stay
+ * pending, untouched, until it is set (the dispatcher fetches them then).
+ */
+static bool
+emails_enabled(void)
+{
+	return sc_smtp_url != NULL && sc_smtp_url[0] != '\0';
 }
 
 /*
@@ -275,12 +343,11 @@ record_results(List *results)
 static TimestampTz
 fetch_due(void)
 {
-	Oid			types[4] = {TIMESTAMPTZOID, INT8OID, INT4OID, TIMESTAMPTZOID};
-	Datum		args[4];
+	Oid			types[5] = {TIMESTAMPTZOID, INT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID};
+	Datum		args[5];
 	SPIPlanPtr	plan;
 	int			ret;
 	TimestampTz next_due = 0;
-	int64		now_s = (int64) time(NULL);
 	uint64		fetched = 0;
 	int			ready_added;
 	MemoryContext old;
@@ -294,39 +361,41 @@ fetch_due(void)
 	 * becomes due.  Continuing from the cursor instead of the head of the
 	 * index skips the entries that delivered rows leave there until vacuum.
 	 * "Now" is a parameter ($4): only a value can bound the index scan.
+	 * Emails are passed over while there is no SMTP server ($5 false).  A
+	 * webhook is sent with the credentials it was queued with, never the
+	 * connector's current ones, which may belong to another receiver.
 	 */
 	plan = sc_keep_plan(&due_plan,
 		"WITH due AS ("
 		"  SELECT d.id, d.channel, d.target, d.target_host, d.webhook_id, d.payload,"
-		"         d.execution_id, d.connector_id, d.next_attempt_at"
+		"         d.execution_id, d.webhook_secret, d.webhook_headers, d.next_attempt_at"
 		"    FROM smartconnector.delivery d"
 		"   WHERE d.state = 'pending'"
 		"     AND d.next_attempt_at <= $4"
 		"     AND (d.next_attempt_at, d.id) > ($1, $2)"
+		"     AND ($5 OR d.channel <> 'email')"
 		"   ORDER BY d.next_attempt_at, d.id"
 		"   LIMIT $3)"
 		" SELECT due.id, due.channel, due.target, due.target_host, due.webhook_id,"
 		"        CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).body"
 		"             ELSE due.payload::text END,"
-		"        c.webhook_secret,"
-		"        (SELECT array_agg(h.key || ': ' || h.value ORDER BY h.key)"
-		"           FROM jsonb_each_text(c.webhook_headers) AS h),"
+		"        due.webhook_secret, due.webhook_headers,"
 		"        CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).subject END,"
 		"        due.execution_id, due.next_attempt_at, NULL::timestamptz"
 		"   FROM due"
-		"   CROSS JOIN LATERAL (SELECT x.webhook_secret, x.webhook_headers"
-		"                         FROM smartconnector.connector x WHERE x.id = due.connector_id) c"
 		" UNION ALL"
 		" SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,"
-		"        NULL::text[], NULL::text, NULL::bigint, NULL::timestamptz,"
+		"        NULL::jsonb, NULL::text, NULL::bigint, NULL::timestamptz,"
 		"        (SELECT d.next_attempt_at FROM smartconnector.delivery d"
 		"          WHERE d.state = 'pending' AND d.next_attempt_at > $4"
+		"            AND ($5 OR d.channel <> 'email')"
 		"          ORDER BY d.next_attempt_at LIMIT 1)",
-		4, types);
+		5, types);
 	args[0] = TimestampTzGetDatum(cursor_at);
 	args[1] = Int64GetDatum(cursor_id);
 	args[2] = Int32GetDatum(FETCH_BATCH);
 	args[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[4] = BoolGetDatum(emails_enabled());
 	/* read_only = false: see the attempts recorded just before, in this transaction */
 	ret = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
@@ -367,47 +436,24 @@ fetch_due(void)
 
 		r->is_webhook = (strcmp(SPI_getvalue(tup, desc, 2), "webhook") == 0);
 		r->target = SPI_getvalue(tup, desc, 3);
-		body = SPI_getvalue(tup, desc, 6);
+		r->msg_id = SPI_getvalue(tup, desc, 5);
+		body = to_utf8(SPI_getvalue(tup, desc, 6));
 		if (r->is_webhook)
 		{
-			char	   *msg_id = SPI_getvalue(tup, desc, 5);
-			char	   *secret = SPI_getvalue(tup, desc, 7);
-			Datum		lines = SPI_getbinval(tup, desc, 8, &isnull);
+			Datum		headers = SPI_getbinval(tup, desc, 8, &isnull);
 
 			r->body = body;
-			r->headers = lappend(r->headers, "Content-Type: application/json");
-			r->headers = lappend(r->headers, "User-Agent: smartconnector/" SC_VERSION);
-			r->headers = lappend(r->headers, psprintf("webhook-id: %s", msg_id));
-			r->headers = lappend(r->headers, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
-			if (secret != NULL)
-			{
-				char	   *sig = sc_webhook_signature(secret, msg_id, now_s, body);
-
-				if (sig != NULL)
-					r->headers = lappend(r->headers, psprintf("webhook-signature: %s", sig));
-			}
+			r->secret = SPI_getvalue(tup, desc, 7);
 			if (!isnull)
-			{
-				Datum	   *elems;
-				bool	   *elem_nulls;
-				int			n;
-
-				deconstruct_array(DatumGetArrayTypeP(lines), TEXTOID, -1, false, TYPALIGN_INT,
-								  &elems, &elem_nulls, &n);
-				for (int k = 0; k < n; k++)
-				{
-					if (!elem_nulls[k])
-						r->headers = lappend(r->headers, TextDatumGetCString(elems[k]));
-				}
-			}
+				r->headers = header_lines(headers);
 		}
 		else
 		{
-			char	   *msg_id = SPI_getvalue(tup, desc, 5);
-			char	   *subject = SPI_getvalue(tup, desc, 9);
+			char	   *subject = to_utf8(SPI_getvalue(tup, desc, 9));
 			int64		execution_id = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
 
-			r->body = sc_email_message(sc_smtp_from, r->target, subject, body, msg_id, execution_id);
+			r->body = sc_email_message(sc_smtp_from, r->target, subject, body, r->msg_id,
+									   execution_id);
 		}
 		MemoryContextSwitchTo(ready_cxt);
 		ready = lappend(ready, r);
@@ -514,7 +560,37 @@ start_ready(void)
 		if (sc_transport_host_count(r->host) >= sc_max_connections_per_host)
 			continue;
 		if (r->is_webhook)
-			sc_transport_add_webhook(r->id, r->host, r->target, r->body, r->headers);
+		{
+			/* in the batch's memory: this may run right after a commit */
+			MemoryContext old = MemoryContextSwitchTo(r->batch->cxt);
+			int64		now_s = (int64) time(NULL);
+			List	   *headers = NIL;
+			char	   *sig = NULL;
+
+			/*
+			 * Outside a transaction: OpenSSL's HMAC context is tracked by a
+			 * resource owner, so signing uses one of its own.
+			 */
+			if (r->secret != NULL)
+			{
+				ResourceOwner save = CurrentResourceOwner;
+
+				if (sign_owner == NULL)
+					sign_owner = ResourceOwnerCreate(NULL, "smartconnector signing");
+				CurrentResourceOwner = sign_owner;
+				sig = sc_webhook_signature(r->secret, r->msg_id, now_s, r->body);
+				CurrentResourceOwner = save;
+			}
+			headers = lappend(headers, "Content-Type: application/json");
+			headers = lappend(headers, "User-Agent: smartconnector/" SC_VERSION);
+			headers = lappend(headers, psprintf("webhook-id: %s", r->msg_id));
+			headers = lappend(headers, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
+			if (sig != NULL)
+				headers = lappend(headers, psprintf("webhook-signature: %s", sig));
+			headers = list_concat(headers, r->headers);
+			MemoryContextSwitchTo(old);
+			sc_transport_add_webhook(r->id, r->host, r->target, r->body, headers);
+		}
 		else
 			sc_transport_add_email(r->id, r->target, r->body);
 		ready = foreach_delete_current(ready, lc);
@@ -589,6 +665,7 @@ sc_dispatcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			sc_transport_configure();
 			need_fetch = true;
+			last_fetch_empty = false;	/* emails may have become sendable */
 		}
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);

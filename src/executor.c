@@ -414,7 +414,8 @@ run_execution(int64 execution_id)
 
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
 		sc_privileged_begin(&priv);
-		(void) sc_complete_current(NULL, NULL, result);
+		(void) sc_complete_current(NULL, NULL, result,
+								   info.dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES);
 		sc_privileged_end(&priv);
 
 		/*
@@ -451,28 +452,39 @@ run_execution(int64 execution_id)
 		error = edata->message;
 		error_meta = sc_error_metadata(unpack_sql_state(edata->sqlerrcode), edata->detail,
 									   edata->hint, edata->context);
-		ereport(LOG,
-				(errmsg("smartconnector execution %lld failed: %s",
-						(long long) execution_id, edata->message)));
 	}
 	PG_END_TRY();
 
 	if (completed)
 		return;
 
-	/* The run failed: record that, with the report gathered so far. */
+	/*
+	 * The run failed or was cancelled: record that, with the report gathered
+	 * so far, and log what it ended as (a cancelled run is not a failure).
+	 */
 	PG_TRY();
 	{
 		ScPrivileged priv;
+		char	   *state;
+		bool		cancelled;
 
 		begin_own_transaction("smartconnector: recording failure");
 		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info.connector_id, info.diff_check,
 							 info.dry_run, SC_PHASE_COMPLETING);
-		(void) sc_complete_current(error, error_meta, NULL);
+		state = sc_complete_current(error, error_meta, NULL, SC_COMMITTED_NO);
+		cancelled = (state != NULL && strcmp(state, "cancelled") == 0);
 		sc_privileged_end(&priv);
 		sc_work_commit();
+		if (cancelled)
+			ereport(LOG,
+					(errmsg("smartconnector execution %lld was cancelled",
+							(long long) execution_id)));
+		else
+			ereport(LOG,
+					(errmsg("smartconnector execution %lld failed: %s",
+							(long long) execution_id, error)));
 	}
 	PG_CATCH();
 	{

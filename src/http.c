@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * http.c
- *		Everything that touches libcurl.  For now: parsing and validating
- *		webhook URLs with libcurl's URL API, so the database accepts exactly
- *		the URLs the dispatcher will later be able to post to.
+ *		Everything that touches libcurl: validating webhook URLs with
+ *		libcurl's URL API (so the database accepts exactly the URLs the
+ *		dispatcher can post to), and the delivery transport, a curl multi
+ *		handle that posts webhooks and sends emails, with the rules on
+ *		which addresses a webhook may reach.
  *
  * Rule: no ereport(ERROR) while a curl object is alive.  Every function
  * gathers what it needs from curl into palloc'd memory, releases the curl
@@ -83,7 +85,8 @@ parse_url(const char *url, ParsedUrl *out)
  *
  * Refuse anything but an absolute http or https URL with a host and without
  * credentials.  Credentials are refused because viewers can read the URL;
- * they belong in webhook_headers, which viewers cannot read.
+ * they belong in webhook_headers, which viewers cannot read.  The URL is
+ * never echoed in an error: a refused one may hold credentials.
  */
 Datum
 check_webhook_url(PG_FUNCTION_ARGS)
@@ -113,7 +116,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 	if (strstr(url, "://") == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url: \"%s\"", url),
+				 errmsg("invalid execution_ended_webhook_url"),
 				 errdetail("The URL must be absolute, beginning with http:// or https://.")));
 
 	parse_url(url, &parsed);
@@ -121,7 +124,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 	if (parsed.rc != CURLUE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url: \"%s\"", url),
+				 errmsg("invalid execution_ended_webhook_url"),
 				 errdetail("libcurl cannot parse it: %s.", curl_url_strerror(parsed.rc)),
 				 errhint("Give an absolute URL such as https://example.com/hooks/smartconnector.")));
 
@@ -129,7 +132,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 		(strcmp(parsed.scheme, "http") != 0 && strcmp(parsed.scheme, "https") != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url: \"%s\"", url),
+				 errmsg("invalid execution_ended_webhook_url"),
 				 errdetail("The scheme \"%s\" is not allowed; only http and https are.",
 						   parsed.scheme ? parsed.scheme : "")));
 
@@ -143,7 +146,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 	if (parsed.host == NULL || parsed.host[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url: \"%s\"", url),
+				 errmsg("invalid execution_ended_webhook_url"),
 				 errdetail("The URL has no host.")));
 
 	PG_RETURN_VOID();
@@ -187,7 +190,8 @@ typedef struct Transfer
 	size_t		upload_pos;
 	StringInfoData response;
 	int			retry_after_s;
-	char		blocked[INET6_ADDRSTRLEN + 1];
+	int			opened;			/* sockets opened to addresses that are allowed */
+	char		blocked[INET6_ADDRSTRLEN + 1];	/* the last address refused, or "" */
 	char		errbuf[CURL_ERROR_SIZE];
 } Transfer;
 
@@ -215,6 +219,11 @@ static int	prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp);
 static size_t header_cb(char *data, size_t size, size_t nmemb, void *userp);
 static size_t read_cb(char *buffer, size_t size, size_t nitems, void *userp);
+static bool ipv4_is_private(uint32 v4);
+static uint32 embedded_ipv4(const uint8 *b);
+static bool ipv6_is_private(const uint8 *a);
+static bool prefix_equal(const uint8 *a, const uint8 *b, int bits);
+static bool address_is_allowed(int family, const uint8 *addr);
 static bool address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen);
 static Transfer *new_transfer(int64 delivery_id, const char *host, bool is_webhook);
 static void finish_transfer(Transfer *t, CURLcode code);
@@ -363,55 +372,13 @@ timer_cb(CURLM *m, long timeout_ms, void *userp)
 }
 
 /*
- * Is this address one a webhook must not reach: loopback, private,
- * link-local (which includes cloud metadata at 169.254.169.254),
- * carrier-grade NAT, unspecified, multicast or reserved?  IPv4 mapped or
- * translated into IPv6 is judged by its IPv4 part.  Writes the address as
- * text for the error message.
+ * Is this IPv4 address (host order) one a webhook must not reach: loopback,
+ * private, link-local (which includes cloud metadata at 169.254.169.254),
+ * carrier-grade NAT, unspecified, multicast or reserved?
  */
 static bool
-address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen)
+ipv4_is_private(uint32 v4)
 {
-	uint32		v4;
-
-	if (family == AF_INET)
-	{
-		const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
-
-		inet_ntop(AF_INET, &in->sin_addr, text, textlen);
-		v4 = ntohl(in->sin_addr.s_addr);
-	}
-	else if (family == AF_INET6)
-	{
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
-		const uint8 *a = in6->sin6_addr.s6_addr;
-		static const uint8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-		static const uint8 nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-		bool		all_zero = true;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, text, textlen);
-		for (int i = 0; i < 15; i++)
-			all_zero &= (a[i] == 0);
-		if (all_zero)
-			return true;		/* :: and ::1 */
-		if ((a[0] & 0xfe) == 0xfc)
-			return true;		/* fc00::/7 unique local */
-		if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
-			return true;		/* fe80::/10 link-local */
-		if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0)
-			return true;		/* fec0::/10 site-local */
-		if (a[0] == 0xff)
-			return true;		/* multicast */
-		if (memcmp(a, mapped, 12) != 0 && memcmp(a, nat64, 12) != 0)
-			return false;
-		v4 = ((uint32) a[12] << 24) | ((uint32) a[13] << 16) | ((uint32) a[14] << 8) | a[15];
-	}
-	else
-	{
-		strlcpy(text, "(unknown address family)", textlen);
-		return true;
-	}
-
 	return (v4 >> 24) == 0 ||	/* 0.0.0.0/8 */
 		(v4 >> 24) == 10 ||		/* 10/8 */
 		(v4 >> 24) == 127 ||	/* loopback */
@@ -422,6 +389,195 @@ address_is_private(const struct sockaddr *sa, int family, char *text, size_t tex
 		(v4 >> 8) == (192u << 16 | 0 << 8 | 0) ||	/* 192.0.0/24 */
 		(v4 >> 17) == (198u << 7 | 18 >> 1) ||	/* 198.18/15 benchmarking */
 		(v4 >> 28) >= 14;		/* 224/4 multicast, 240/4 reserved, broadcast */
+}
+
+/* The IPv4 address in four bytes of an IPv6 address, in host order */
+static uint32
+embedded_ipv4(const uint8 *b)
+{
+	return ((uint32) b[0] << 24) | ((uint32) b[1] << 16) | ((uint32) b[2] << 8) | b[3];
+}
+
+/*
+ * The same for IPv6: loopback, unspecified, unique and link/site-local,
+ * multicast, Teredo and local-use NAT64 (which reach networks we cannot
+ * judge), and every form that embeds an IPv4 address, judged by that
+ * address: IPv4-compatible (::a.b.c.d), mapped (::ffff:a.b.c.d), translated
+ * (::ffff:0:a.b.c.d), NAT64 (64:ff9b::a.b.c.d) and 6to4 (2002:aabb:ccdd::).
+ */
+static bool
+ipv6_is_private(const uint8 *a)
+{
+	static const uint8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const uint8 translated[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0};
+	static const uint8 nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+	static const uint8 nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
+	static const uint8 teredo[4] = {0x20, 0x01, 0, 0};
+	bool		zero_prefix = true;
+
+	for (int i = 0; i < 12; i++)
+		zero_prefix &= (a[i] == 0);
+	if (zero_prefix)
+		return true;			/* ::, ::1 and IPv4-compatible ::a.b.c.d (deprecated) */
+	if ((a[0] & 0xfe) == 0xfc)
+		return true;			/* fc00::/7 unique local */
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return true;			/* fe80::/10 link-local */
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0)
+		return true;			/* fec0::/10 site-local */
+	if (a[0] == 0xff)
+		return true;			/* multicast */
+	if (memcmp(a, nat64_local, 6) == 0 || memcmp(a, teredo, 4) == 0)
+		return true;			/* 64:ff9b:1::/48, 2001::/32 */
+	if (memcmp(a, mapped, 12) == 0 || memcmp(a, translated, 12) == 0 ||
+		memcmp(a, nat64, 12) == 0)
+		return ipv4_is_private(embedded_ipv4(a + 12));
+	if (a[0] == 0x20 && a[1] == 0x02)
+		return ipv4_is_private(embedded_ipv4(a + 2));	/* 2002::/16 6to4 */
+	return false;
+}
+
+/*
+ * smartconnector.allowed_private_addresses, parsed: networks a webhook may
+ * reach although they are private.  Kept in malloc'd memory (GUC extra).
+ */
+typedef struct AllowedNetwork
+{
+	int			family;			/* AF_INET or AF_INET6 */
+	int			bits;
+	uint8		addr[16];
+} AllowedNetwork;
+
+typedef struct AllowedNetworks
+{
+	int			n;
+	AllowedNetwork net[FLEXIBLE_ARRAY_MEMBER];
+} AllowedNetworks;
+
+static AllowedNetworks *allowed_networks = NULL;
+
+/*
+ * check hook: a comma-separated list of addresses or CIDR networks.
+ */
+bool
+sc_check_allowed_networks(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval);
+	char	   *item;
+	char	   *save = NULL;
+	AllowedNetworks *nets;
+
+	nets = malloc(offsetof(AllowedNetworks, net) +
+				  sizeof(AllowedNetwork) * (strlen(copy) / 2 + 1));
+	if (nets == NULL)
+		return false;
+	nets->n = 0;
+	for (item = strtok_r(copy, ", ", &save); item != NULL; item = strtok_r(NULL, ", ", &save))
+	{
+		AllowedNetwork *net = &nets->net[nets->n];
+		char	   *slash = strchr(item, '/');
+		int			max_bits;
+
+		if (slash != NULL)
+			*slash = '\0';
+		memset(net, 0, sizeof(*net));
+		if (inet_pton(AF_INET, item, net->addr) == 1)
+			net->family = AF_INET, max_bits = 32;
+		else if (inet_pton(AF_INET6, item, net->addr) == 1)
+			net->family = AF_INET6, max_bits = 128;
+		else
+		{
+			GUC_check_errdetail("\"%s\" is not an IPv4 or IPv6 address.", item);
+			free(nets);
+			pfree(copy);
+			return false;
+		}
+		net->bits = max_bits;
+		if (slash != NULL)
+		{
+			char	   *end;
+			long		bits = strtol(slash + 1, &end, 10);
+
+			if (end == slash + 1 || *end != '\0' || bits < 0 || bits > max_bits)
+			{
+				GUC_check_errdetail("\"%s\" is not a prefix length for %s.", slash + 1, item);
+				free(nets);
+				pfree(copy);
+				return false;
+			}
+			net->bits = (int) bits;
+		}
+		nets->n++;
+	}
+	pfree(copy);
+	*extra = nets;
+	return true;
+}
+
+void
+sc_assign_allowed_networks(const char *newval, void *extra)
+{
+	allowed_networks = (AllowedNetworks *) extra;
+}
+
+/*
+ * Whether the first bits of two addresses are equal.
+ */
+static bool
+prefix_equal(const uint8 *a, const uint8 *b, int bits)
+{
+	int			whole = bits / 8;
+	int			rest = bits % 8;
+
+	if (memcmp(a, b, whole) != 0)
+		return false;
+	return rest == 0 || ((a[whole] ^ b[whole]) & (0xff << (8 - rest))) == 0;
+}
+
+/*
+ * Whether smartconnector.allowed_private_addresses lets a webhook reach this
+ * address.
+ */
+static bool
+address_is_allowed(int family, const uint8 *addr)
+{
+	if (allowed_networks == NULL)
+		return false;
+	for (int i = 0; i < allowed_networks->n; i++)
+	{
+		const AllowedNetwork *net = &allowed_networks->net[i];
+
+		if (net->family == family && prefix_equal(net->addr, addr, net->bits))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Is this an address a webhook must not reach (see above), and not one the
+ * administrator allowed?  Writes the address as text for the error message.
+ */
+static bool
+address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen)
+{
+	if (family == AF_INET)
+	{
+		const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, text, textlen);
+		return ipv4_is_private(ntohl(in->sin_addr.s_addr)) &&
+			!address_is_allowed(AF_INET, (const uint8 *) &in->sin_addr);
+	}
+	else if (family == AF_INET6)
+	{
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, textlen);
+		return ipv6_is_private(in6->sin6_addr.s6_addr) &&
+			!address_is_allowed(AF_INET6, in6->sin6_addr.s6_addr);
+	}
+	strlcpy(text, "(unknown address family)", textlen);
+	return true;
 }
 
 /*
@@ -440,6 +596,7 @@ open_socket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *addres
 		strlcpy(t->blocked, text, sizeof(t->blocked));
 		return CURL_SOCKET_BAD;
 	}
+	t->opened++;
 	return socket(address->family, address->socktype, address->protocol);
 }
 
@@ -624,6 +781,7 @@ sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
 	MemoryContext old = MemoryContextSwitchTo(t->cxt);
 	char	   *from = psprintf("<%s>", sc_smtp_from);
 	char	   *rcpt = psprintf("<%s>", to);
+	bool		has_credentials;
 
 	t->upload = pstrdup(message);
 	t->upload_len = strlen(message);
@@ -638,13 +796,29 @@ sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
 	curl_easy_setopt(t->easy, CURLOPT_READFUNCTION, read_cb);
 	curl_easy_setopt(t->easy, CURLOPT_READDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_INFILESIZE, (long) t->upload_len);
+	/*
+	 * smtps:// is TLS from the start.  On smtp:// STARTTLS is used when the
+	 * server offers it; with credentials it is required (curl then refuses to
+	 * go on without it, before AUTH), unless plain text was allowed for a
+	 * trusted relay.
+	 */
 	if (sc_smtp_user != NULL && sc_smtp_user[0] != '\0')
 	{
 		curl_easy_setopt(t->easy, CURLOPT_USERNAME, sc_smtp_user);
 		curl_easy_setopt(t->easy, CURLOPT_PASSWORD, sc_smtp_password ? sc_smtp_password : "");
+		has_credentials = true;
 	}
-	if (strncmp(sc_smtp_url, "smtps://", 8) != 0)
-		curl_easy_setopt(t->easy, CURLOPT_USE_SSL, (long) CURLUSESSL_TRY);
+	else
+	{
+		ParsedUrl	parsed;
+
+		parse_url(sc_smtp_url, &parsed);	/* smtp://user:password@host */
+		has_credentials = parsed.has_user || parsed.has_password;
+	}
+	if (pg_strncasecmp(sc_smtp_url, "smtps://", 8) != 0)
+		curl_easy_setopt(t->easy, CURLOPT_USE_SSL,
+						 (long) (has_credentials && !sc_smtp_allow_plaintext_auth ?
+								 CURLUSESSL_ALL : CURLUSESSL_TRY));
 
 	old = MemoryContextSwitchTo(transport_cxt);
 	transfers = lappend(transfers, t);
@@ -670,12 +844,23 @@ finish_transfer(Transfer *t, CURLcode code)
 	if (t->response.len > 0)
 		r->response = pstrdup(t->response.data);
 
-	if (t->blocked[0] != '\0')
+	/*
+	 * Decided by the outcome: a name may resolve to a refused address and an
+	 * allowed one, and curl goes on to the next address after a refusal.  A
+	 * failure is permanent only if every address tried was refused.
+	 */
+	if (code != CURLE_OK && t->blocked[0] != '\0' && t->opened == 0)
 	{
 		r->error = psprintf("refused to connect to private address %s (smartconnector.block_private_addresses is on)",
 							t->blocked);
 		r->permanent = true;
 	}
+	else if (code != CURLE_OK && t->blocked[0] != '\0')
+		r->error = psprintf("%s%s%s (and refused private address %s)", curl_easy_strerror(code),
+							t->errbuf[0] ? ": " : "", t->errbuf, t->blocked);
+	else if (code == CURLE_USE_SSL_FAILED && !t->is_webhook)
+		r->error = psprintf("%s: the SMTP server does not offer STARTTLS, and credentials are not sent without TLS (smartconnector.smtp_allow_plaintext_auth is off)",
+							curl_easy_strerror(code));
 	else if (code != CURLE_OK)
 		r->error = psprintf("%s%s%s", curl_easy_strerror(code),
 							t->errbuf[0] ? ": " : "", t->errbuf);

@@ -93,7 +93,7 @@ static int64 admit_connector(int64 connector_id, bool for_executor, bool wait, b
 							 int64 *next_head);
 static void queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 						   const char *target, const char *target_host, const char *reason,
-						   Datum body);
+						   Datum body, HeapTuple tup, TupleDesc desc, int first);
 static void queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first);
 static void spi_connect(void);
 
@@ -436,15 +436,21 @@ sc_admit_next(Oid role)
 
 /*
  * Queue one delivery of an execution's event, with a new Standard Webhooks
- * message id (also the email's Message-ID).
+ * message id (also the email's Message-ID).  A webhook keeps the secret and
+ * headers its connector has now (the columns of tup from first on), so that
+ * whatever the connector is changed to later, every attempt sends this URL
+ * its own credentials and no other's.
  */
 static void
 queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 			   const char *target, const char *target_host, const char *reason,
-			   Datum body)
+			   Datum body, HeapTuple tup, TupleDesc desc, int first)
 {
-	Oid			types[7] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
-	Datum		args[7];
+	Oid			types[9] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
+		TEXTOID, JSONBOID};
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n', 'n'};
+	bool		isnull;
 
 	args[0] = Int64GetDatum(execution_id);
 	args[1] = connector_id;
@@ -453,11 +459,21 @@ queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 	args[4] = CStringGetTextDatum(target_host);
 	args[5] = CStringGetTextDatum(reason);
 	args[6] = body;
+	if (strcmp(channel, "webhook") == 0)
+	{
+		for (int k = 0; k < 2; k++)
+		{
+			args[7 + k] = SPI_getbinval(tup, desc, first + k, &isnull);
+			nulls[7 + k] = isnull ? 'n' : ' ';
+		}
+	}
 	if (SPI_execute_plan(sc_keep_plan(&delivery_plan,
 		"INSERT INTO smartconnector.delivery"
-		"  (execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload)"
-		" VALUES ($1, $2, $3, $4, $5, $6, 'msg_' || replace(gen_random_uuid()::text, '-', ''), $7)",
-		7, types), args, NULL, false, 0) != SPI_OK_INSERT)
+		"  (execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload,"
+		"   webhook_secret, webhook_headers)"
+		" VALUES ($1, $2, $3, $4, $5, $6, 'msg_' || replace(gen_random_uuid()::text, '-', ''), $7,"
+		"         $8, $9)",
+		9, types), args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not queue a delivery of execution %lld", (long long) execution_id);
 }
 
@@ -466,7 +482,8 @@ queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
  * reads it as x joined to its connector as c: the connector, the webhook's
  * URL and host, the three email addresses in order of reason (the error
  * address only for a failure), the event (event() is inlined, so it is built
- * once) and whether the connector is chained to others.
+ * once), whether the connector is chained to others, and the webhook's
+ * credentials.
  */
 #define FOLLOWER_COLUMNS \
 	" x.connector_id, c.execution_ended_webhook_url," \
@@ -478,7 +495,8 @@ queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 	"   WHERE u.role_name = x.initiated_by)," \
 	" smartconnector.event(x, c)," \
 	" EXISTS (SELECT 1 FROM smartconnector.chain ch" \
-	"          WHERE ch.from_connector_id = x.connector_id)"
+	"          WHERE ch.from_connector_id = x.connector_id)," \
+	" c.webhook_secret, c.webhook_headers"
 
 /*
  * Queue the webhook and emails of an ended execution and trigger the
@@ -508,7 +526,8 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 	if (url != NULL)
 	{
 		queue_delivery(execution_id, connector_id, "webhook", url,
-					   SPI_getvalue(tup, desc, first + 2), "webhook", body);
+					   SPI_getvalue(tup, desc, first + 2), "webhook", body,
+					   tup, desc, first + 8);
 		queued++;
 	}
 	for (int k = 0; k < 3; k++)
@@ -528,7 +547,7 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 		if (seen)
 			continue;
 		queue_delivery(execution_id, connector_id, "email", emails[k], "smtp",
-					   reasons[k], body);
+					   reasons[k], body, tup, desc, first + 8);
 		queued++;
 	}
 	if (queued > 0)
@@ -537,11 +556,15 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 	if (!DatumGetBool(SPI_getbinval(tup, desc, first + 7, &isnull)))
 		return;
 
-	/* chained connectors start in this same transaction, with the event as input */
+	/*
+	 * Chained connectors start in this same transaction, with the event as
+	 * input; those of a dry run are dry runs too (a rehearsal has no real
+	 * effects downstream either).
+	 */
 	ret = SPI_execute_plan(sc_keep_plan(&chains_plan,
 		"SELECT ch.to_connector_id,"
 		"       pg_catalog.jsonb_build_object('chained_from', smartconnector.event(e, c)),"
-		"       e.initiated_by"
+		"       e.initiated_by, e.dry_run"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
 		"  JOIN smartconnector.chain ch ON ch.from_connector_id = e.connector_id"
@@ -554,17 +577,17 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 	if (n > 0)
 	{
 		SPITupleTable *chains = SPI_tuptable;
-		Oid			enqueue_types[3] = {INT8OID, JSONBOID, NAMEOID};
+		Oid			enqueue_types[4] = {INT8OID, JSONBOID, NAMEOID, BOOLOID};
 
 		for (uint64 i = 0; i < n; i++)
 		{
-			Datum		eargs[3];
+			Datum		eargs[4];
 
-			for (int k = 0; k < 3; k++)
+			for (int k = 0; k < 4; k++)
 				eargs[k] = SPI_getbinval(chains->vals[i], chains->tupdesc, k + 1, &isnull);
 			ret = SPI_execute_plan(sc_keep_plan(&enqueue_plan,
-				"SELECT smartconnector.enqueue($1, $2, false, false, 'chain', $3)",
-				3, enqueue_types), eargs, NULL, false, 1);
+				"SELECT smartconnector.enqueue($1, $2, false, $4, 'chain', $3)",
+				4, enqueue_types), eargs, NULL, false, 1);
 			if (ret != SPI_OK_SELECT)
 				elog(ERROR, "could not trigger a chained connector");
 		}
@@ -583,11 +606,12 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 char *
 sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 				 const char *metadata_json, const char *handler_result_json,
-				 Oid *state_oid)
+				 ScCommitted committed, Oid *state_oid)
 {
-	Oid			types[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, JSONBOID, JSONBOID};
-	Datum		args[8];
-	char		nulls[8];
+	Oid			types[9] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, JSONBOID, JSONBOID,
+		BOOLOID};
+	Datum		args[9];
+	char		nulls[9];
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *state = NULL;
 	int			nest = sc_pin_settings();
@@ -611,6 +635,9 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 		args[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(handler_result_json));
 	else
 		nulls[7] = 'n';
+	args[8] = BoolGetDatum(committed == SC_COMMITTED_YES);
+	if (committed == SC_COMMITTED_UNKNOWN)
+		nulls[8] = 'n';
 
 	/*
 	 * Only a running execution ends, once: a concurrent end makes this
@@ -633,6 +660,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 		"       records_skipped = $4, records_failed = $5,"
 		"       records_total = $2 + $3 + $4 + $5,"
 		"       error = CASE WHEN x.cancel_requested THEN NULL ELSE $6 END,"
+		"       committed = $9,"
 		"       metadata = (x.metadata"
 		"           || CASE WHEN $7 IS NULL THEN '{}'::jsonb"
 		"                   WHEN jsonb_typeof($7) = 'object' THEN $7"
@@ -644,7 +672,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 		"  FROM smartconnector.connector c"
 		" WHERE x.id = $1 AND x.state::text = 'running' AND c.id = x.connector_id"
 		" RETURNING x.state::text, x.state," FOLLOWER_COLUMNS,
-		8, types), args, nulls, false, 1);
+		9, types), args, nulls, false, 1);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not end execution %lld", (long long) execution_id);
 
@@ -763,7 +791,8 @@ sc_fail_next(int64 connector_id, const char *api_name, const char *problem)
 	if (id > 0)
 		(void) sc_end_execution(id, counts,
 								psprintf("connector \"%s\" cannot execute", api_name),
-								sc_error_metadata("55000", problem, NULL, NULL), NULL, NULL);
+								sc_error_metadata("55000", problem, NULL, NULL), NULL,
+								SC_COMMITTED_NO, NULL);
 	SPI_finish();
 	sc_unpin_settings(nest);
 	return Max(id, 0);
@@ -794,7 +823,8 @@ complete_execution(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(7))
 		result = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(7)));
 
-	if (sc_end_execution(PG_GETARG_INT64(0), counts, error, metadata, result, &state) == NULL)
+	if (sc_end_execution(PG_GETARG_INT64(0), counts, error, metadata, result,
+						 SC_COMMITTED_UNKNOWN, &state) == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_OID(state);
 }

@@ -611,7 +611,7 @@ flush_hashes(void)
  */
 char *
 sc_complete_current(const char *error, const char *metadata_json,
-					const char *handler_result_json)
+					const char *handler_result_json, ScCommitted committed)
 {
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	char	   *state;
@@ -625,7 +625,7 @@ sc_complete_current(const char *error, const char *metadata_json,
 	flush_report();
 
 	state = sc_end_execution(current->execution_id, current->counts, error,
-							 metadata_json, handler_result_json, NULL);
+							 metadata_json, handler_result_json, committed, NULL);
 
 	if (state != NULL && strcmp(state, "success") == 0 && !current->dry_run)
 		flush_hashes();
@@ -652,7 +652,7 @@ complete_current(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(1))
 		metadata = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(1)));
-	state = sc_complete_current(error, metadata, NULL);
+	state = sc_complete_current(error, metadata, NULL, SC_COMMITTED_UNKNOWN);
 	if (state == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(state));

@@ -33,6 +33,8 @@ int			sc_executor_idle_timeout = 60;
 char	   *sc_report_url_template = NULL;
 int			sc_webhook_timeout_ms = 10000;
 bool		sc_block_private_addresses = true;
+char	   *sc_allowed_private_addresses = NULL;
+bool		sc_smtp_allow_plaintext_auth = false;
 int			sc_max_connections_per_host = 8;
 int			sc_max_deliveries_in_flight = 256;
 char	   *sc_smtp_url = NULL;
@@ -190,6 +192,15 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomStringVariable("smartconnector.allowed_private_addresses",
+							   "Networks webhooks may reach although smartconnector.block_private_addresses refuses them.",
+							   "A comma-separated list of addresses or CIDR networks, such as 10.20.0.0/16, fd00::5.",
+							   &sc_allowed_private_addresses,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   sc_check_allowed_networks, sc_assign_allowed_networks, NULL);
+
 	DefineCustomIntVariable("smartconnector.max_connections_per_host",
 							"Concurrent deliveries (and kept-alive connections) per receiving host.",
 							NULL,
@@ -210,12 +221,21 @@ _PG_init(void)
 
 	DefineCustomStringVariable("smartconnector.smtp_url",
 							   "SMTP server for completion emails, e.g. smtp://mail.example.com:587 or smtps://...",
-							   "Empty: emails stay pending and are retried until it is set.",
+							   "Empty: emails stay pending, unsent, until it is set.  Superuser only.",
 							   &sc_smtp_url,
 							   "",
 							   PGC_SIGHUP,
-							   0,
+							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("smartconnector.smtp_allow_plaintext_auth",
+							 "Send SMTP credentials over a connection without TLS.",
+							 "Off: with smtp_user set, smtp:// must upgrade with STARTTLS or the email is not sent.  On only for a relay on a trusted local network.",
+							 &sc_smtp_allow_plaintext_auth,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("smartconnector.smtp_from",
 							   "Sender address of completion emails.",

@@ -19,6 +19,7 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "storage/spin.h"
+#include "utils/guc.h"
 
 #define SC_VERSION "0.1"
 
@@ -129,6 +130,8 @@ extern int	sc_executor_idle_timeout;
 extern char *sc_report_url_template;
 extern int	sc_webhook_timeout_ms;
 extern bool sc_block_private_addresses;
+extern char *sc_allowed_private_addresses;
+extern bool sc_smtp_allow_plaintext_auth;
 extern int	sc_max_connections_per_host;
 extern int	sc_max_deliveries_in_flight;
 extern char *sc_smtp_url;
@@ -152,6 +155,10 @@ typedef struct ScTransferResult
 	char	   *response;		/* first 4 kB of the body, or NULL */
 	TimestampTz finished_at;
 } ScTransferResult;
+
+/* http.c: smartconnector.allowed_private_addresses */
+extern bool sc_check_allowed_networks(char **newval, void **extra, GucSource source);
+extern void sc_assign_allowed_networks(const char *newval, void *extra);
 
 /* smartconnector.c */
 extern bool sc_loaded_at_startup(void);
@@ -183,9 +190,16 @@ extern int64 sc_admit_next(Oid role);
 extern int64 sc_fail_next(int64 connector_id, const char *api_name, const char *problem);
 extern char *sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
 							   const char *context);
+/* Whether an execution's counted work was committed (execution.committed) */
+typedef enum ScCommitted
+{
+	SC_COMMITTED_UNKNOWN,		/* an external runner commits its own work */
+	SC_COMMITTED_NO,			/* rolled back: a failed handler, a dry run */
+	SC_COMMITTED_YES
+} ScCommitted;
 extern char *sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 							  const char *metadata_json, const char *handler_result_json,
-							  Oid *state_oid);
+							  ScCommitted committed, Oid *state_oid);
 
 /* runtime.c */
 extern int64 sc_current_execution_id(void);
@@ -196,7 +210,7 @@ extern void sc_begin_current(int64 execution_id, int64 connector_id,
 extern bool sc_set_phase(ScPhase phase);
 extern void sc_clear_current(void);
 extern char *sc_complete_current(const char *error, const char *metadata_json,
-								 const char *handler_result_json);
+								 const char *handler_result_json, ScCommitted committed);
 
 /* identity.c: the acting role */
 extern Oid	sc_acting_role(void);

@@ -103,7 +103,8 @@ sub wait_for_file
 }
 
 # Start the test HTTP receiver (test/lib/receiver.py) on 127.0.0.1; returns
-# { port, log, h }.  The path of a URL chooses how it answers.
+# { port, log, h }.  The path of a URL chooses how it answers.  host => '::1'
+# makes it listen on the IPv6 loopback instead.
 sub start_receiver
 {
 	my ($dir, %opt) = @_;
@@ -111,7 +112,7 @@ sub start_receiver
 	my $log = "$dir/http_$n.jsonl";
 	my $portfile = "$dir/http_$n.port";
 	my @cmd = ('/usr/bin/python3', "$lib/receiver.py", '--log', $log, '--port-file', $portfile,
-		'--port', $opt{port} // 0);
+		'--port', $opt{port} // 0, '--host', $opt{host} // '127.0.0.1');
 	my $h = IPC::Run::start(\@cmd, '>', "$dir/http_$n.out", '2>&1');
 	push @peers, $h;
 	my $port = wait_for_file($portfile, 'the HTTP receiver');
@@ -119,16 +120,17 @@ sub start_receiver
 }
 
 # Start the test SMTP server (test/lib/smtp_sink.py, aiosmtpd); returns
-# { port, log, h }.
+# { port, log, h }.  With auth => 1 it offers AUTH without STARTTLS and
+# records the credentials it receives.
 sub start_smtp
 {
-	my ($dir) = @_;
+	my ($dir, %opt) = @_;
 	my $n = int(rand(1e9));
 	my $port = PostgreSQL::Test::Cluster::get_free_port();
 	my $log = "$dir/smtp_$n.jsonl";
 	my $ready = "$dir/smtp_$n.ready";
 	my @cmd = ('/usr/bin/python3', "$lib/smtp_sink.py", '--port', $port, '--log', $log,
-		'--ready-file', $ready);
+		'--ready-file', $ready, ($opt{auth} ? ('--auth') : ()));
 	my $h = IPC::Run::start(\@cmd, '>', "$dir/smtp_$n.out", '2>&1');
 	push @peers, $h;
 	wait_for_file($ready, 'the SMTP server');

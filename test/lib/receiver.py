@@ -11,9 +11,9 @@ to the path:
   /redirect            302 to /ok
   /big                 200 with a 1 MB body
 
-Usage: receiver.py --log FILE --port-file FILE [--port N] [--quiet]
-It listens on 127.0.0.1 only, serves requests concurrently and keeps
-connections alive (HTTP/1.1).
+Usage: receiver.py --log FILE --port-file FILE [--port N] [--host ::1] [--quiet]
+It listens on 127.0.0.1 only (or ::1 with --host ::1), serves requests
+concurrently and keeps connections alive (HTTP/1.1).
 """
 import argparse
 import json
@@ -84,14 +84,20 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200)
 
 
+class V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
     ap.add_argument("--log", required=True)
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--quiet", action="store_true", help="count, do not log bodies")
     args = ap.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    cls = V6Server if args.host == "::1" else ThreadingHTTPServer
+    server = cls((args.host, args.port), Handler)
     server.daemon_threads = True
     server.log = args.log
     server.quiet = args.quiet

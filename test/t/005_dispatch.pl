@@ -223,7 +223,14 @@ my %private = (
 	v4_mapped => "http://[::ffff:127.0.0.1]:$port/ok",
 	unspecified => "http://0.0.0.0:$port/ok",
 	metadata => "http://169.254.169.254/latest/meta-data/",
-	private_10 => "http://10.1.2.3:$port/ok");
+	private_10 => "http://10.1.2.3:$port/ok",
+	v4_compatible => "http://[::127.0.0.1]:$port/ok",
+	v4_translated => "http://[::ffff:0:127.0.0.1]:$port/ok",
+	six_to_four => "http://[2002:7f00:1::1]:$port/ok",
+	nat64 => "http://[64:ff9b::7f00:1]:$port/ok",
+	nat64_metadata => "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+	nat64_local => "http://[64:ff9b:1::a00:1]:$port/ok",
+	teredo => "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]:$port/ok");
 wait_until($node, "SELECT current_setting('smartconnector.block_private_addresses') = 'on'", 'setting reloaded');
 # the dispatcher reloads on its own latch; give it a completion to act on after the reload
 for my $name (sort keys %private)
