@@ -86,6 +86,14 @@ SELECT smartconnector.trigger('silent') AS n5 \gset
 SELECT smartconnector.claim('silent') = :n5 AS claimed;
 SELECT smartconnector.finish(:n5, metadata => jsonb_build_object('blob', repeat('x', 300000)));
 SELECT (smartconnector.execution_metadata(:n5) -> 'metadata') - 'size_bytes' AS metadata;
+-- and a huge error is cut, saying so: it reaches every payload and email
+SELECT smartconnector.trigger('silent') AS n7 \gset
+SELECT smartconnector.claim('silent') = :n7 AS claimed;
+SELECT smartconnector.finish(:n7, repeat('E', 3000000));
+SELECT octet_length(error) <= 8192 AS bounded, right(error, 45) AS says_so
+  FROM smartconnector.execution WHERE id = :n7;
+SELECT octet_length(smartconnector.execution_metadata(:n7) ->> 'error') <= 8192 AS payload_bounded;
+SELECT smartconnector.set_status('silent', 'operational');
 
 -- redeliver
 SELECT smartconnector.redeliver(0);
@@ -117,6 +125,9 @@ ALTER SYSTEM SET smartconnector.webhook_retry_schedule = '1s,-5s';
 ALTER SYSTEM SET smartconnector.allowed_private_addresses = '10.0.0.0/8, fd00::/8, 192.168.1.7';
 ALTER SYSTEM SET smartconnector.allowed_private_addresses = '10.0.0.0/33';
 ALTER SYSTEM SET smartconnector.allowed_private_addresses = 'intranet.example.com';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = '10.1.2.3/8';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = '::ffff:10.20.0.0/16';
+ALTER SYSTEM SET smartconnector.allowed_private_addresses = '::ffff:10.20.0.0/112';
 ALTER SYSTEM RESET smartconnector.allowed_private_addresses;
 SHOW smartconnector.smtp_allow_plaintext_auth;
 -- the SMTP settings are the superuser's: a URL may hold credentials

@@ -18,6 +18,11 @@ SELECT state, trigger_type, initiated_by = current_user AS by_me, diff_check, dr
 SELECT smartconnector.trigger('no_such_connector');
 SELECT smartconnector.trigger(NULL);
 SELECT smartconnector.trigger('ext', jsonb_build_object('blob', repeat('x', 1100000)));
+-- the real size counts, not the compressed one
+CREATE TEMP TABLE big_input AS SELECT jsonb_build_object('blob', repeat('x', 4000000)) AS j;
+SELECT pg_column_size(j) < 1048576 AS stored_compressed FROM big_input;
+SELECT smartconnector.trigger('ext', j) FROM big_input;
+DROP TABLE big_input;
 
 -- claim admits the oldest, one at a time (limit 1)
 SELECT smartconnector.claim('ext') = :e1 AS claimed_oldest;
@@ -136,6 +141,8 @@ SELECT smartconnector.trigger('ext') AS d3 \gset
 SELECT smartconnector.claim('ext') = :d3 AS claimed;
 SELECT smartconnector.unchanged('cust-2', '{"name": "Bob"}') AS after_failure_unchanged;
 SELECT smartconnector.unchanged('cust-1', '{"name": "Ada", "tier": 2}') AS changed_data_unchanged;
+-- a key too long for the hash index is refused at once, as record() refuses it
+SELECT smartconnector.unchanged(repeat('k', 1025), '{}');
 SELECT smartconnector.finish(:d3);
 -- disable_diff_check processes everything, and still advances the hashes
 SELECT smartconnector.trigger('ext', disable_diff_check => true) AS d4 \gset

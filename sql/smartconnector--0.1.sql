@@ -833,7 +833,7 @@ COMMENT ON COLUMN smartconnector.execution.initiated_by IS
 COMMENT ON COLUMN smartconnector.execution.diff_check IS
 	'Effective diff check of this run: the connector''s setting unless the trigger disabled it';
 COMMENT ON COLUMN smartconnector.execution.committed IS
-	'Whether the work its record counts describe was committed: false when a handler failed or was cancelled (rolled back) and for dry runs; NULL when an external runner ran it (it commits its own work) or it never ran';
+	'Whether the work its record counts describe was committed: true when the handler''s transaction committed; false when nothing of it was kept (the handler failed, was cancelled, or its executor died; a dry run; a run that failed before its handler started); NULL for external runners (they commit their own work) and executions cancelled while queued';
 COMMENT ON COLUMN smartconnector.execution.runner_pid IS
 	'Process that admitted it: an executor worker or an external runner''s session';
 
@@ -998,11 +998,12 @@ DECLARE
 	new_id bigint;
 BEGIN
 	input := coalesce(input, '{}'::jsonb);
-	IF pg_catalog.pg_column_size(input) > 1048576 THEN
+	/* the real size: pg_column_size() is the compressed one, and 40 MB of repeats compress well */
+	IF pg_catalog.octet_length(input::text) > 1048576 THEN
 		RAISE EXCEPTION 'execution input is too large'
 			USING ERRCODE = 'program_limit_exceeded',
-				  DETAIL = format('The input takes %s bytes; at most 1 MB is allowed.',
-								  pg_catalog.pg_column_size(input)),
+				  DETAIL = format('The input takes %s bytes as text; at most 1 MB is allowed.',
+								  pg_catalog.octet_length(input::text)),
 				  HINT = 'Pass a reference to the data instead of the data itself.';
 	END IF;
 	INSERT INTO smartconnector.execution
@@ -1082,11 +1083,12 @@ AS 'MODULE_PATHNAME', 'execution_ended';
 
 /*
  * End a running execution exactly once.  Returns the end state, or NULL if
- * it was not running (someone else ended it first).
+ * it was not running (someone else ended it first).  committed: see the
+ * column execution.committed.
  */
 CREATE FUNCTION smartconnector.complete_execution(
 	execution_id bigint, created bigint, updated bigint, skipped bigint, failed bigint,
-	error text, metadata jsonb, handler_result jsonb)
+	error text, metadata jsonb, handler_result jsonb, committed boolean DEFAULT NULL)
 RETURNS smartconnector.execution_state
 LANGUAGE C VOLATILE
 SECURITY DEFINER
@@ -1112,7 +1114,9 @@ DECLARE
 	r record;
 	counts record;
 BEGIN
-	FOR r IN SELECT e.id FROM smartconnector.execution e WHERE e.state = 'running' ORDER BY e.id
+	FOR r IN SELECT e.id, c.handler IS NOT NULL AS in_database
+			   FROM smartconnector.execution e JOIN smartconnector.connector c ON c.id = e.connector_id
+			  WHERE e.state = 'running' ORDER BY e.id
 	LOOP
 		IF NOT smartconnector.runner_alive(r.id) THEN
 			/*
@@ -1136,7 +1140,9 @@ BEGIN
 					coalesce(reasons -> r.id::text ->> 'error',
 							 'runner ended before the execution finished (its session or worker exited)'),
 					jsonb_strip_nulls(jsonb_build_object('stopped', reasons -> r.id::text ->> 'error')),
-					NULL);
+					NULL,
+					/* an executor that died took its transaction with it */
+					CASE WHEN r.in_database THEN false END);
 			EXCEPTION WHEN lock_not_available THEN
 				NULL;
 			END;

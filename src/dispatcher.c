@@ -66,6 +66,8 @@
  * fetches at once.
  */
 #define FETCH_INTERVAL_MS		1
+/* next_attempt_at of emails held while smartconnector.smtp_url is empty */
+#define PARKED_AT				"'9999-12-31 00:00:00+00'::timestamptz"
 
 /* The memory of one fetched batch, freed when its last request has started */
 typedef struct ReadyBatch
@@ -94,6 +96,9 @@ typedef struct ReadyDelivery
 
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr due_plan = NULL;
+static SPIPlanPtr park_plan = NULL;
+static SPIPlanPtr unpark_plan = NULL;
+static bool unpark_needed = true;	/* release held emails once smtp_url is set */
 static MemoryContext ready_cxt = NULL;	/* the ready list; batches are its children */
 static ResourceOwner sign_owner = NULL;	/* holds the HMAC contexts of signing */
 static List *ready = NIL;		/* ReadyDelivery *, in fetch order */
@@ -105,11 +110,13 @@ static TimestampTz last_fetch_at = 0;
 static void dispatcher_detach(int code, Datum arg);
 static void record_results(List *results);
 static TimestampTz fetch_due(void);
-static int	ready_for_host(const char *host);
+static int	ready_for_host(List *list, const char *host);
+static void drop_ready_emails(void);
 static bool is_ready(int64 id);
 static bool ready_can_start(void);
 static long ms_until(TimestampTz now, TimestampTz then);
 static void start_ready(void);
+static char *replace_invalid(const char *s, int enc);
 static char *valid_text(const char *s);
 static char *to_utf8(char *s);
 static List *header_lines(Datum headers);
@@ -127,15 +134,14 @@ ms_until(TimestampTz now, TimestampTz then)
 }
 
 /*
- * A receiver's response as text the database accepts: bytes that are not
- * valid in the database encoding become '?'.
+ * s with every byte that does not begin a valid character of encoding enc
+ * replaced by '?'.
  */
 static char *
-valid_text(const char *s)
+replace_invalid(const char *s, int enc)
 {
 	int			len = strlen(s);
 	char	   *out = pstrdup(s);
-	int			enc = GetDatabaseEncoding();
 
 	for (int pos = 0; pos < len;)
 	{
@@ -152,22 +158,67 @@ valid_text(const char *s)
 }
 
 /*
+ * A receiver's response as text the database accepts: bytes that are not
+ * valid in the database encoding become '?'.
+ */
+static char *
+valid_text(const char *s)
+{
+	return replace_invalid(s, GetDatabaseEncoding());
+}
+
+/*
  * Text from the database as UTF-8, which is what payloads and emails are
- * labelled: converted in a database of another encoding (characters UTF-8
- * cannot hold cannot occur, every server encoding converts to it).
+ * labelled.  In a UTF-8 database it is already; in SQL_ASCII the bytes are
+ * kept where they are valid UTF-8; otherwise it is converted.  Never fails:
+ * a character without a UTF-8 form (a few exist in the Asian encodings)
+ * must not keep a delivery, let alone the whole fetch, from going out, so
+ * then the non-ASCII bytes become '?'.  The conversion runs in a
+ * subtransaction, which only non-UTF-8 databases pay for.
  */
 static char *
 to_utf8(char *s)
 {
-	if (s == NULL || GetDatabaseEncoding() == PG_UTF8)
+	int			enc = GetDatabaseEncoding();
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *volatile out = NULL;
+
+	if (s == NULL || enc == PG_UTF8)
 		return s;
-	return pg_server_to_any(s, strlen(s), PG_UTF8);
+	if (enc == PG_SQL_ASCII)
+		return replace_invalid(s, PG_UTF8);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		out = pg_server_to_any(s, strlen(s), PG_UTF8);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		out = pstrdup(s);
+		for (char *p = out; *p; p++)
+		{
+			if (IS_HIGHBIT_SET(*p))
+				*p = '?';
+		}
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return out;
 }
 
 /*
  * A delivery's webhook_headers as curl header lines, in name order.  An
- * empty value is written "Name;", curl's way to send "Name:" (given as
- * "Name:" it would drop the header instead).
+ * empty value (or one of white space only, which HTTP trims away) is
+ * written "Name;", curl's way to send "Name:": given as "Name:" it would
+ * drop the header instead.
  */
 static List *
 header_lines(Datum headers)
@@ -185,12 +236,12 @@ header_lines(Datum headers)
 			name = to_utf8(pnstrdup(v.val.string.val, v.val.string.len));
 		else if (tok == WJB_VALUE && name != NULL && v.type == jbvString)
 		{
-			if (v.val.string.len == 0)
+			char	   *value = pnstrdup(v.val.string.val, v.val.string.len);
+
+			if (value[strspn(value, " \t")] == '\0')
 				lines = lappend(lines, psprintf("%s;", name));
 			else
-				lines = lappend(lines, psprintf("%s: %s", name,
-												to_utf8(pnstrdup(v.val.string.val,
-																 v.val.string.len))));
+				lines = lappend(lines, psprintf("%s: %s", name, to_utf8(value)));
 			name = NULL;
 		}
 	}
@@ -198,8 +249,10 @@ header_lines(Datum headers)
 }
 
 /*
- * Whether emails can be sent: with smartconnector.smtp_url empty they stay
- * pending, untouched, until it is set (the dispatcher fetches them then).
+ * Whether emails can be sent.  With smartconnector.smtp_url empty they
+ * are held: the fetch parks them (next_attempt_at = PARKED_AT, attempts
+ * untouched) so that no sweep reads them again, and they are released
+ * when smtp_url is set.
  */
 static bool
 emails_enabled(void)
@@ -353,6 +406,23 @@ fetch_due(void)
 	MemoryContext old;
 	ReadyBatch *batch;
 	MemoryContext batch_cxt;
+	List	   *added = NIL;	/* this batch's ReadyDelivery *, for the ready list */
+	List	   *parked = NIL;	/* ids of emails to hold */
+	TimestampTz new_cursor_at = cursor_at;
+	int64		new_cursor_id = cursor_id;
+	bool		emails = emails_enabled();
+
+	if (emails && unpark_needed)
+	{
+		/* smtp_url is set (again): release the emails held while it was not */
+		if (SPI_execute_plan(sc_keep_plan(&unpark_plan,
+			"UPDATE smartconnector.delivery SET next_attempt_at = clock_timestamp()"
+			" WHERE state = 'pending' AND channel = 'email'"
+			"   AND next_attempt_at >= " PARKED_AT,
+			0, NULL), NULL, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not release held emails");
+		unpark_needed = false;
+	}
 
 	/*
 	 * Up to FETCH_BATCH due deliveries after the cursor ($1, $2) in
@@ -361,47 +431,63 @@ fetch_due(void)
 	 * becomes due.  Continuing from the cursor instead of the head of the
 	 * index skips the entries that delivered rows leave there until vacuum.
 	 * "Now" is a parameter ($4): only a value can bound the index scan.
-	 * Emails are passed over while there is no SMTP server ($5 false).  A
-	 * webhook is sent with the credentials it was queued with, never the
-	 * connector's current ones, which may belong to another receiver.
+	 * Emails are not built while there is no SMTP server ($5 false): they
+	 * are parked below.
+	 *
+	 * Credentials: a webhook carries those of its own URL.  While the
+	 * connector still posts to that URL, they are the connector's current
+	 * ones (a rotated secret or token applies to pending retries too);
+	 * once it posts elsewhere, those the delivery was queued with, so that
+	 * one receiver's credentials never reach another.
 	 */
 	plan = sc_keep_plan(&due_plan,
 		"WITH due AS ("
 		"  SELECT d.id, d.channel, d.target, d.target_host, d.webhook_id, d.payload,"
-		"         d.execution_id, d.webhook_secret, d.webhook_headers, d.next_attempt_at"
+		"         d.execution_id, d.connector_id, d.webhook_secret, d.webhook_headers,"
+		"         d.next_attempt_at"
 		"    FROM smartconnector.delivery d"
 		"   WHERE d.state = 'pending'"
 		"     AND d.next_attempt_at <= $4"
 		"     AND (d.next_attempt_at, d.id) > ($1, $2)"
-		"     AND ($5 OR d.channel <> 'email')"
 		"   ORDER BY d.next_attempt_at, d.id"
 		"   LIMIT $3)"
 		" SELECT due.id, due.channel, due.target, due.target_host, due.webhook_id,"
-		"        CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).body"
-		"             ELSE due.payload::text END,"
-		"        due.webhook_secret, due.webhook_headers,"
-		"        CASE WHEN due.channel = 'email' THEN (smartconnector.email_text(due.payload)).subject END,"
+		"        CASE WHEN due.channel = 'webhook' THEN due.payload::text"
+		"             WHEN $5 THEN (smartconnector.email_text(due.payload)).body END,"
+		"        CASE WHEN c.same THEN c.webhook_secret ELSE due.webhook_secret END,"
+		"        CASE WHEN c.same THEN c.webhook_headers ELSE due.webhook_headers END,"
+		"        CASE WHEN due.channel = 'email' AND $5"
+		"             THEN (smartconnector.email_text(due.payload)).subject END,"
 		"        due.execution_id, due.next_attempt_at, NULL::timestamptz"
 		"   FROM due"
+		"   LEFT JOIN LATERAL (SELECT true AS same, x.webhook_secret, x.webhook_headers"
+		"                        FROM smartconnector.connector x"
+		"                       WHERE x.id = due.connector_id AND due.channel = 'webhook'"
+		"                         AND x.execution_ended_webhook_url = due.target) c ON true"
 		" UNION ALL"
 		" SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,"
 		"        NULL::jsonb, NULL::text, NULL::bigint, NULL::timestamptz,"
 		"        (SELECT d.next_attempt_at FROM smartconnector.delivery d"
 		"          WHERE d.state = 'pending' AND d.next_attempt_at > $4"
-		"            AND ($5 OR d.channel <> 'email')"
+		"            AND d.next_attempt_at < " PARKED_AT
 		"          ORDER BY d.next_attempt_at LIMIT 1)",
 		5, types);
 	args[0] = TimestampTzGetDatum(cursor_at);
 	args[1] = Int64GetDatum(cursor_id);
 	args[2] = Int32GetDatum(FETCH_BATCH);
 	args[3] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[4] = BoolGetDatum(emails_enabled());
+	args[4] = BoolGetDatum(emails);
 	/* read_only = false: see the attempts recorded just before, in this transaction */
 	ret = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read due deliveries: %s", SPI_result_code_string(ret));
 
-	batch_cxt = AllocSetContextCreate(ready_cxt, "smartconnector ready batch",
+	/*
+	 * The batch is built in transaction memory and joins the ready list only
+	 * once it is complete: an error half way leaves neither a leak nor
+	 * entries pointing into freed memory, nor a cursor past unsent rows.
+	 */
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "smartconnector ready batch",
 									  ALLOCSET_DEFAULT_SIZES);
 	batch = MemoryContextAllocZero(batch_cxt, sizeof(ReadyBatch));
 	batch->cxt = batch_cxt;
@@ -426,15 +512,20 @@ fetch_due(void)
 			continue;
 		}
 		fetched++;
-		cursor_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
-		cursor_id = r->id;
+		new_cursor_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
+		new_cursor_id = r->id;
 		r->host = SPI_getvalue(tup, desc, 4);
 		r->batch = batch;
 		if (sc_transport_has(r->id) || is_ready(r->id) ||
-			ready_for_host(r->host) >= FETCH_PER_HOST)
+			ready_for_host(ready, r->host) + ready_for_host(added, r->host) >= FETCH_PER_HOST)
 			continue;
 
 		r->is_webhook = (strcmp(SPI_getvalue(tup, desc, 2), "webhook") == 0);
+		if (!r->is_webhook && !emails)
+		{
+			parked = lappend(parked, r);
+			continue;
+		}
 		r->target = SPI_getvalue(tup, desc, 3);
 		r->msg_id = SPI_getvalue(tup, desc, 5);
 		body = to_utf8(SPI_getvalue(tup, desc, 6));
@@ -455,15 +546,41 @@ fetch_due(void)
 			r->body = sc_email_message(sc_smtp_from, r->target, subject, body, r->msg_id,
 									   execution_id);
 		}
-		MemoryContextSwitchTo(ready_cxt);
-		ready = lappend(ready, r);
-		MemoryContextSwitchTo(batch_cxt);
+		added = lappend(added, r);
 		batch->live++;
 	}
+
+	if (parked != NIL)
+	{
+		Oid			park_types[1] = {INT8ARRAYOID};
+		Datum		park_args[1];
+		Datum	   *ids = palloc(sizeof(Datum) * list_length(parked));
+		int			n = 0;
+		ListCell   *lc;
+
+		foreach(lc, parked)
+			ids[n++] = Int64GetDatum(((ReadyDelivery *) lfirst(lc))->id);
+		park_args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		if (SPI_execute_plan(sc_keep_plan(&park_plan,
+			"UPDATE smartconnector.delivery SET next_attempt_at = " PARKED_AT
+			" WHERE id = ANY ($1) AND state = 'pending'",
+			1, park_types), park_args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not hold emails");
+	}
 	MemoryContextSwitchTo(old);
+
 	ready_added = batch->live;
 	if (batch->live == 0)
 		MemoryContextDelete(batch_cxt);
+	else
+	{
+		MemoryContextSetParent(batch_cxt, ready_cxt);
+		old = MemoryContextSwitchTo(ready_cxt);
+		ready = list_concat(ready, added);
+		MemoryContextSwitchTo(old);
+	}
+	cursor_at = new_cursor_at;
+	cursor_id = new_cursor_id;
 
 	/*
 	 * A short batch means the sweep reached the end: the next one starts
@@ -482,15 +599,38 @@ fetch_due(void)
 }
 
 /*
- * How many ready deliveries are for this host.
+ * Drop the emails from the ready list (smtp_url was emptied): they stay
+ * pending, and the next fetch holds them.
+ */
+static void
+drop_ready_emails(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, ready)
+	{
+		ReadyDelivery *r = (ReadyDelivery *) lfirst(lc);
+
+		if (r->is_webhook)
+			continue;
+		ready = foreach_delete_current(ready, lc);
+		if (--r->batch->live == 0)
+			MemoryContextDelete(r->batch->cxt);
+	}
+	cursor_at = DT_NOBEGIN;
+	cursor_id = 0;
+}
+
+/*
+ * How many deliveries of a list of ready ones are for this host.
  */
 static int
-ready_for_host(const char *host)
+ready_for_host(List *list, const char *host)
 {
 	ListCell   *lc;
 	int			n = 0;
 
-	foreach(lc, ready)
+	foreach(lc, list)
 	{
 		if (strcmp(((ReadyDelivery *) lfirst(lc))->host, host) == 0)
 			n++;
@@ -666,6 +806,10 @@ sc_dispatcher_main(Datum main_arg)
 			sc_transport_configure();
 			need_fetch = true;
 			last_fetch_empty = false;	/* emails may have become sendable */
+			if (emails_enabled())
+				unpark_needed = true;
+			else
+				drop_ready_emails();
 		}
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
@@ -775,7 +919,7 @@ sc_dispatcher_main(Datum main_arg)
 				timeout = Min(timeout, ms_until(now, fetch_not_before));
 		}
 
-		if (sc_transport_wait(timeout))
+		if (sc_transport_wait(sc_stats_nap(timeout)))
 			need_fetch = true;
 	}
 }

@@ -591,7 +591,7 @@ sc_executor_main(Datum main_arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					   wait_ms, PG_WAIT_EXTENSION);
+					   sc_stats_nap(wait_ms), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 
 		SpinLockAcquire(&sc_shared->mutex);

@@ -202,6 +202,7 @@ typedef struct SocketWatch
 } SocketWatch;
 
 static CURLM *multi = NULL;
+static bool smtp_url_has_credentials = false;	/* smtp://user:password@host */
 static MemoryContext transport_cxt = NULL;
 static List *transfers = NIL;	/* Transfer *, in flight */
 static List *watches = NIL;		/* SocketWatch * */
@@ -253,8 +254,19 @@ sc_transport_init(void)
 void
 sc_transport_configure(void)
 {
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "smartconnector smtp_url",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	ParsedUrl	parsed;
+
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) sc_max_connections_per_host);
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) sc_max_deliveries_in_flight);
+
+	/* once per (re)load, not per email; the parsed parts (a password) go at once */
+	parse_url(sc_smtp_url ? sc_smtp_url : "", &parsed);
+	smtp_url_has_credentials = parsed.has_user || parsed.has_password;
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 }
 
 /*
@@ -388,6 +400,9 @@ ipv4_is_private(uint32 v4)
 		(v4 >> 16) == (192u << 8 | 168) ||	/* 192.168/16 */
 		(v4 >> 8) == (192u << 16 | 0 << 8 | 0) ||	/* 192.0.0/24 */
 		(v4 >> 17) == (198u << 7 | 18 >> 1) ||	/* 198.18/15 benchmarking */
+		(v4 >> 8) == (192u << 16 | 0 << 8 | 2) ||	/* 192.0.2/24 documentation */
+		(v4 >> 8) == (198u << 16 | 51 << 8 | 100) ||	/* 198.51.100/24 */
+		(v4 >> 8) == (203u << 16 | 0 << 8 | 113) ||	/* 203.0.113/24 */
 		(v4 >> 28) >= 14;		/* 224/4 multicast, 240/4 reserved, broadcast */
 }
 
@@ -413,6 +428,9 @@ ipv6_is_private(const uint8 *a)
 	static const uint8 nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
 	static const uint8 nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
 	static const uint8 teredo[4] = {0x20, 0x01, 0, 0};
+	static const uint8 benchmarking[6] = {0x20, 0x01, 0, 0x02, 0, 0};
+	static const uint8 discard[8] = {0x01, 0, 0, 0, 0, 0, 0, 0};
+	static const uint8 documentation[4] = {0x20, 0x01, 0x0d, 0xb8};
 	bool		zero_prefix = true;
 
 	for (int i = 0; i < 12; i++)
@@ -429,6 +447,13 @@ ipv6_is_private(const uint8 *a)
 		return true;			/* multicast */
 	if (memcmp(a, nat64_local, 6) == 0 || memcmp(a, teredo, 4) == 0)
 		return true;			/* 64:ff9b:1::/48, 2001::/32 */
+	if (memcmp(a, benchmarking, 6) == 0 || memcmp(a, discard, 8) == 0 ||
+		memcmp(a, documentation, 4) == 0 ||
+		(a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 &&
+		 ((a[3] & 0xf0) == 0x10 || (a[3] & 0xf0) == 0x20)) ||
+		(a[0] == 0x3f && a[1] == 0xff && (a[2] & 0xf0) == 0))
+		return true;			/* 2001:2::/48, 100::/64, 2001:db8::/32, ORCHID
+								 * 2001:10::/28 and 2001:20::/28, 3fff::/20 */
 	if (memcmp(a, mapped, 12) == 0 || memcmp(a, translated, 12) == 0 ||
 		memcmp(a, nat64, 12) == 0)
 		return ipv4_is_private(embedded_ipv4(a + 12));
@@ -441,6 +466,8 @@ ipv6_is_private(const uint8 *a)
  * smartconnector.allowed_private_addresses, parsed: networks a webhook may
  * reach although they are private.  Kept in malloc'd memory (GUC extra).
  */
+static const uint8 v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
 typedef struct AllowedNetwork
 {
 	int			family;			/* AF_INET or AF_INET6 */
@@ -507,6 +534,39 @@ sc_check_allowed_networks(char **newval, void **extra, GucSource source)
 			}
 			net->bits = (int) bits;
 		}
+
+		/*
+		 * An IPv4-mapped network (::ffff:10.0.0.0/104) means the IPv4 one;
+		 * a shorter prefix would reach far more than the writer meant.
+		 */
+		if (net->family == AF_INET6 && memcmp(net->addr, v4_mapped_prefix, 12) == 0)
+		{
+			if (net->bits < 96)
+			{
+				GUC_check_errdetail("\"%s/%d\" covers more than IPv4-mapped addresses; write the IPv4 network instead.",
+									item, net->bits);
+				free(nets);
+				pfree(copy);
+				return false;
+			}
+			memmove(net->addr, net->addr + 12, 4);
+			memset(net->addr + 4, 0, 12);
+			net->family = AF_INET;
+			net->bits -= 96;
+			max_bits = 32;
+		}
+		/* host bits must be zero, as for the cidr type: 10.1.2.3/8 is likely a typo */
+		for (int bit = net->bits; bit < max_bits; bit++)
+		{
+			if (net->addr[bit / 8] & (0x80 >> (bit % 8)))
+			{
+				GUC_check_errdetail("\"%s/%d\" has bits set to the right of the prefix length.",
+									item, net->bits);
+				free(nets);
+				pfree(copy);
+				return false;
+			}
+		}
 		nets->n++;
 	}
 	pfree(copy);
@@ -572,9 +632,15 @@ address_is_private(const struct sockaddr *sa, int family, char *text, size_t tex
 	{
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
 
+		const uint8 *a = in6->sin6_addr.s6_addr;
+
 		inet_ntop(AF_INET6, &in6->sin6_addr, text, textlen);
-		return ipv6_is_private(in6->sin6_addr.s6_addr) &&
-			!address_is_allowed(AF_INET6, in6->sin6_addr.s6_addr);
+		if (!ipv6_is_private(a))
+			return false;
+		/* ::ffff:a.b.c.d is a connection to a.b.c.d */
+		if (memcmp(a, v4_mapped_prefix, 12) == 0)
+			return !address_is_allowed(AF_INET, a + 12);
+		return !address_is_allowed(AF_INET6, a);
 	}
 	strlcpy(text, "(unknown address family)", textlen);
 	return true;
@@ -809,12 +875,7 @@ sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
 		has_credentials = true;
 	}
 	else
-	{
-		ParsedUrl	parsed;
-
-		parse_url(sc_smtp_url, &parsed);	/* smtp://user:password@host */
-		has_credentials = parsed.has_user || parsed.has_password;
-	}
+		has_credentials = smtp_url_has_credentials;
 	if (pg_strncasecmp(sc_smtp_url, "smtps://", 8) != 0)
 		curl_easy_setopt(t->easy, CURLOPT_USE_SSL,
 						 (long) (has_credentials && !sc_smtp_allow_plaintext_auth ?

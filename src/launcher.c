@@ -896,6 +896,6 @@ sc_launcher_main(Datum main_arg)
 		if (more_cleanup || more_fail)
 			naptime = 0;		/* the next batch right away */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 naptime, PG_WAIT_EXTENSION);
+						 sc_stats_nap(naptime), PG_WAIT_EXTENSION);
 	}
 }

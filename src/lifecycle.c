@@ -37,6 +37,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/formatting.h"
@@ -96,6 +97,26 @@ static void queue_delivery(int64 execution_id, Datum connector_id, const char *c
 						   Datum body, HeapTuple tup, TupleDesc desc, int first);
 static void queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first);
 static void spi_connect(void);
+static const char *bounded_error(const char *error);
+
+/*
+ * An execution's error, as stored and sent: at most SC_MAX_ERROR_BYTES,
+ * cut at a character boundary and saying so.  The error reaches every
+ * payload and email of the execution; unbounded, one finish(id, <30 MB>)
+ * kept the dispatcher busy for half a minute per fetch, delaying every
+ * other connector's webhooks.
+ */
+static const char *
+bounded_error(const char *error)
+{
+	size_t		len = strlen(error);
+	int			keep;
+
+	if (len <= SC_MAX_ERROR_BYTES)
+		return error;
+	keep = pg_mbcliplen(error, (int) Min(len, (size_t) INT_MAX), SC_MAX_ERROR_BYTES - 100);
+	return psprintf("%.*s ... [truncated: the error had %zu bytes]", keep, error, len);
+}
 
 /*
  * Pin the settings our statements are planned and run with
@@ -624,7 +645,7 @@ sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 	for (int k = 0; k < SC_NUM_ACTIONS; k++)
 		args[1 + k] = Int64GetDatum(counts[k]);
 	if (error)
-		args[5] = CStringGetTextDatum(error);
+		args[5] = CStringGetTextDatum(bounded_error(error));
 	else
 		nulls[5] = 'n';
 	if (metadata_json)
@@ -800,7 +821,7 @@ sc_fail_next(int64 connector_id, const char *api_name, const char *problem)
 
 /*
  * complete_execution(execution_id, created, updated, skipped, failed,
- * error, metadata, handler_result) returns execution_state: see
+ * error, metadata, handler_result, committed) returns execution_state: see
  * sc_end_execution().
  */
 Datum
@@ -810,6 +831,7 @@ complete_execution(PG_FUNCTION_ARGS)
 	char	   *error = NULL;
 	char	   *metadata = NULL;
 	char	   *result = NULL;
+	ScCommitted committed = SC_COMMITTED_UNKNOWN;
 	Oid			state;
 
 	if (PG_ARGISNULL(0))
@@ -822,9 +844,11 @@ complete_execution(PG_FUNCTION_ARGS)
 		metadata = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(6)));
 	if (!PG_ARGISNULL(7))
 		result = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(7)));
+	if (!PG_ARGISNULL(8))
+		committed = PG_GETARG_BOOL(8) ? SC_COMMITTED_YES : SC_COMMITTED_NO;
 
 	if (sc_end_execution(PG_GETARG_INT64(0), counts, error, metadata, result,
-						 SC_COMMITTED_UNKNOWN, &state) == NULL)
+						 committed, &state) == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_OID(state);
 }

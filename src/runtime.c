@@ -446,6 +446,11 @@ remember_hash(PG_FUNCTION_ARGS)
 	bool		nulls[2] = {false, false};
 	MemoryContext old;
 
+	/* refused now, like record() does, not by the index when finish() stores it */
+	if (VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) > SC_MAX_RECORD_KEY_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("record_key is longer than %d bytes", SC_MAX_RECORD_KEY_LENGTH)));
 	values[0] = PointerGetDatum(PG_GETARG_TEXT_PP(0));
 	values[1] = PointerGetDatum(PG_GETARG_BYTEA_PP(1));
 	old = MemoryContextSwitchTo(cur->cxt);

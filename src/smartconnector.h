@@ -36,6 +36,8 @@
 /* Limits on what a run may report (runtime.c) */
 #define SC_MAX_RECORD_KEY_LENGTH	1024
 #define SC_MAX_RECORD_DETAIL_LENGTH	8192
+/* an execution's error, as stored and sent (payloads, emails) */
+#define SC_MAX_ERROR_BYTES			8192
 
 /*
  * Advisory lock spaces.  locktag_field4 tells advisory locks apart: SQL's
@@ -267,6 +269,7 @@ extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function
 						   const char *name, const char *type);
 extern void sc_work_begin(const char *activity);
 extern void sc_work_commit(void);
+extern long sc_stats_nap(long timeout_ms);
 extern bool sc_extension_installed(void);
 extern void sc_apply_plan_settings(bool whole_session);
 extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,

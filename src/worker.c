@@ -4,8 +4,15 @@
  *		Plumbing the three background workers (launcher, executor,
  *		dispatcher) share: registration fields, the short transaction with
  *		an SPI connection and a snapshot that each of their database steps
- *		runs in, plans kept for the life of the process, and the privileged
- *		sections of the executors.
+ *		runs in, plans kept for the life of the process, table statistics,
+ *		and the privileged sections of the executors.
+ *
+ * Statistics: a background worker is not a client backend, so nothing
+ * reports its table statistics for it.  Unreported, its updates and
+ * deletes never reach pg_stat_user_tables, and autovacuum never sees the
+ * dead rows of the hottest tables.  So every commit here reports them (at
+ * most once a second, as backends do), and each worker bounds its sleep by
+ * sc_stats_nap() so that what could not be reported yet is reported soon.
  *
  *-------------------------------------------------------------------------
  */
@@ -64,7 +71,23 @@ sc_work_commit(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	(void) pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * A worker's sleep of timeout_ms (-1: none), shortened so that statistics
+ * still pending are reported within PostgreSQL's usual interval.  Outside
+ * a transaction.
+ */
+long
+sc_stats_nap(long timeout_ms)
+{
+	long		pending_ms = pgstat_report_stat(false);
+
+	if (pending_ms > 0 && (timeout_ms < 0 || pending_ms < timeout_ms))
+		return pending_ms;
+	return timeout_ms;
 }
 
 /*

@@ -130,6 +130,25 @@ ok($tries[2]{path} eq '/fail/1/vendor-a' && $tries[2]{headers}{authorization} eq
 is(scalar(grep { ($_->{headers}{authorization} // '') eq 'Bearer token-of-b' } read_jsonl($http->{log})), 0,
 	"B's token was never sent anywhere");
 
+# --- while the URL stays, rotated credentials apply to pending retries ---
+$node->safe_psql('postgres', qq{
+	SELECT smartconnector.create_connector('Rotate', 'rotate', status => 'operational',
+		execution_ended_webhook_url => '$base/fail/1/rotate',
+		webhook_secret => '$secret_a',
+		webhook_headers => '{"Authorization": "Bearer leaked"}')});
+my $rotated = complete('rotate');
+wait_until($node, "SELECT attempts = 1 FROM smartconnector.delivery WHERE execution_id = $rotated",
+	'the first attempt failed (500)');
+$node->safe_psql('postgres', qq{
+	UPDATE smartconnector.connector SET webhook_secret = '$secret_b',
+	       webhook_headers = '{"Authorization": "Bearer rotated"}'
+	 WHERE api_name = 'rotate'});
+wait_until($node, "SELECT state = 'delivered' FROM smartconnector.delivery WHERE execution_id = $rotated",
+	'the retry is delivered');
+my @rot = requests_with_id(webhook($rotated, 'webhook_id'));
+ok(@rot == 2 && $rot[1]{headers}{authorization} eq 'Bearer rotated' && signed_with($rot[1], $secret_b),
+	'the same URL gets the rotated token and secret on the retry');
+
 # --- signed when sent: a webhook waiting behind a slow host is not stale ---
 $node->safe_psql('postgres', qq{
 	SELECT smartconnector.create_connector('Slow', 'slow', status => 'operational',
