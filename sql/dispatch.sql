@@ -109,6 +109,11 @@ SELECT webhook_secret FROM smartconnector.delivery;
 SELECT webhook_headers FROM smartconnector.delivery;
 SELECT last_response FROM smartconnector.delivery;
 RESET ROLE;
+-- an operator cannot read them either, nor end an execution claiming its work was committed
+SET ROLE regress_starter;
+SELECT webhook_secret FROM smartconnector.delivery;
+SELECT smartconnector.complete_execution(:n1, 0, 0, 0, 0, NULL, NULL, NULL, true);
+RESET ROLE;
 
 -- the per-host key of a URL, as libcurl parses it
 SELECT smartconnector.url_host('https://hooks.example.com/a'),

@@ -93,25 +93,33 @@ sub signed_with
 	  'v1,' . encode_base64(hmac_sha256($signed, decode_base64(substr($secret, 6))), '');
 }
 
+# Create a connector posting to /fail/1/$api with secret A and the header
+# "Authorization: Bearer $token", run it, let the first attempt fail, apply
+# $change (SQL SET list) to the connector, and wait for the retry; returns
+# the execution and the requests its webhook made.
+sub retry_after_change
+{
+	my ($api, $token, $change) = @_;
+	$node->safe_psql('postgres', qq{
+		SELECT smartconnector.create_connector('$api', '$api', status => 'operational',
+			execution_ended_webhook_url => '$base/fail/1/$api',
+			webhook_secret => '$secret_a',
+			webhook_headers => '{"Authorization": "Bearer $token"}')});
+	my $id = complete($api);
+	wait_until($node, "SELECT attempts = 1 FROM smartconnector.delivery WHERE execution_id = $id",
+		"$api: the first attempt failed (500)");
+	$node->safe_psql('postgres', "UPDATE smartconnector.connector SET $change WHERE api_name = '$api'");
+	wait_until($node, "SELECT state = 'delivered' FROM smartconnector.delivery WHERE execution_id = $id",
+		"$api: the retry is delivered");
+	return ($id, requests_with_id(webhook($id, 'webhook_id')));
+}
+
 # --- a retry goes to the URL it was queued for, with that URL's credentials ---
-$node->safe_psql('postgres', qq{
-	SELECT smartconnector.create_connector('Vendor', 'vendor', status => 'operational',
-		execution_ended_webhook_url => '$base/fail/1/vendor-a',
-		webhook_secret => '$secret_a',
-		webhook_headers => '{"Authorization": "Bearer token-of-a"}')});
-my $moved = complete('vendor');
-wait_until($node, "SELECT attempts = 1 FROM smartconnector.delivery WHERE execution_id = $moved",
-	'the first attempt to vendor A failed (500)');
-$node->safe_psql('postgres', qq{
-	UPDATE smartconnector.connector
-	   SET execution_ended_webhook_url = '$base/ok/vendor-b', webhook_secret = '$secret_b',
-	       webhook_headers = '{"Authorization": "Bearer token-of-b"}'
-	 WHERE api_name = 'vendor'});
-wait_until($node, "SELECT state = 'delivered' FROM smartconnector.delivery WHERE execution_id = $moved",
-	'the retry is delivered');
-my @tries = requests_with_id(webhook($moved, 'webhook_id'));
+my ($moved, @tries) = retry_after_change('vendor_a', 'token-of-a',
+	"execution_ended_webhook_url = '$base/ok/vendor-b', webhook_secret = '$secret_b',"
+	  . " webhook_headers = '{\"Authorization\": \"Bearer token-of-b\"}'");
 is(scalar @tries, 2, 'two attempts reached a receiver');
-is(join(',', map { $_->{path} } @tries), '/fail/1/vendor-a,/fail/1/vendor-a',
+is(join(',', map { $_->{path} } @tries), '/fail/1/vendor_a,/fail/1/vendor_a',
 	'both went to the URL the delivery was queued for');
 is($tries[1]{headers}{authorization}, 'Bearer token-of-a',
 	"the retry carries vendor A's header, not the connector's new one");
@@ -124,28 +132,15 @@ wait_until($node, "SELECT state = 'delivered' AND attempts = 1 FROM smartconnect
 	'redeliver() of the old delivery is delivered');
 @tries = requests_with_id(webhook($moved, 'webhook_id'));
 is(scalar @tries, 3, 'a third request with the same webhook-id');
-ok($tries[2]{path} eq '/fail/1/vendor-a' && $tries[2]{headers}{authorization} eq 'Bearer token-of-a'
+ok($tries[2]{path} eq '/fail/1/vendor_a' && $tries[2]{headers}{authorization} eq 'Bearer token-of-a'
 	  && signed_with($tries[2], $secret_a),
 	'redeliver() replays to the old URL with its own credentials only');
 is(scalar(grep { ($_->{headers}{authorization} // '') eq 'Bearer token-of-b' } read_jsonl($http->{log})), 0,
 	"B's token was never sent anywhere");
 
 # --- while the URL stays, rotated credentials apply to pending retries ---
-$node->safe_psql('postgres', qq{
-	SELECT smartconnector.create_connector('Rotate', 'rotate', status => 'operational',
-		execution_ended_webhook_url => '$base/fail/1/rotate',
-		webhook_secret => '$secret_a',
-		webhook_headers => '{"Authorization": "Bearer leaked"}')});
-my $rotated = complete('rotate');
-wait_until($node, "SELECT attempts = 1 FROM smartconnector.delivery WHERE execution_id = $rotated",
-	'the first attempt failed (500)');
-$node->safe_psql('postgres', qq{
-	UPDATE smartconnector.connector SET webhook_secret = '$secret_b',
-	       webhook_headers = '{"Authorization": "Bearer rotated"}'
-	 WHERE api_name = 'rotate'});
-wait_until($node, "SELECT state = 'delivered' FROM smartconnector.delivery WHERE execution_id = $rotated",
-	'the retry is delivered');
-my @rot = requests_with_id(webhook($rotated, 'webhook_id'));
+my ($rotated, @rot) = retry_after_change('rotate', 'leaked',
+	"webhook_secret = '$secret_b', webhook_headers = '{\"Authorization\": \"Bearer rotated\"}'");
 ok(@rot == 2 && $rot[1]{headers}{authorization} eq 'Bearer rotated' && signed_with($rot[1], $secret_b),
 	'the same URL gets the rotated token and secret on the retry');
 
@@ -273,7 +268,7 @@ my $good = run_and_wait($node, 'step');
 my $bad = run_and_wait($node, 'step', '{"fail": true}');
 $node->safe_psql('postgres', "SELECT smartconnector.set_status('step', 'operational')");
 my $dry = run_and_wait($node, 'step', '{}', dry_run => 1);
-my $ext = complete('vendor');
+my $ext = complete('vendor_a');
 is(join(' ', map {
 	$node->safe_psql('postgres', "SELECT e ->> 'status' || ':' || (e -> 'record_counts' ->> 'created') || ':'"
 		  . " || coalesce(e -> 'record_counts' ->> 'committed', 'null') FROM smartconnector.execution_metadata($_) e")
