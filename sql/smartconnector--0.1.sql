@@ -1674,7 +1674,7 @@ BEGIN
 	PERFORM smartconnector.require_pg_cron();
 	cid := smartconnector.connector_id(api_name);
 	job_name := 'smartconnector:' || cid;
-	FOR old_job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1' USING job_name LOOP
+	FOR old_job IN SELECT s.jobid FROM smartconnector.schedules() s WHERE s.connector_id = cid LOOP
 		EXECUTE 'SELECT cron.unschedule($1)' USING old_job;
 	END LOOP;
 	RETURN cron.schedule_in_database(job_name, cron,
@@ -1701,8 +1701,8 @@ DECLARE
 	found_one boolean := false;
 BEGIN
 	PERFORM smartconnector.require_pg_cron();
-	FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1'
-		USING 'smartconnector:' || smartconnector.connector_id(api_name)
+	FOR job IN SELECT s.jobid FROM smartconnector.schedules() s
+				WHERE s.connector_id = smartconnector.connector_id(api_name)
 	LOOP
 		EXECUTE 'SELECT cron.unschedule($1)' USING job;
 		found_one := true;
@@ -1713,7 +1713,13 @@ $$;
 COMMENT ON FUNCTION smartconnector.unschedule(text) IS
 	'Remove a connector''s schedule; returns false if it had none';
 
-/* Schedules as the overview shows them (empty without pg_cron). */
+/*
+ * Schedules as the overview shows them (empty without pg_cron): the pg_cron
+ * jobs that schedule() made, which are named "smartconnector:<id>", run
+ * exactly its command in this database, and run as a role that may
+ * schedule (smartconnector_admin).  Any role can create a pg_cron job of
+ * any name; one that only looks like ours is neither shown nor touched.
+ */
 CREATE FUNCTION smartconnector.schedules()
 RETURNS TABLE (connector_id bigint, jobid bigint, schedule text, active boolean,
 			   run_as text, next_run timestamptz)
@@ -1726,9 +1732,17 @@ BEGIN
 		RETURN;
 	END IF;
 	RETURN QUERY EXECUTE
-		$q$SELECT substr(j.jobname, 16)::bigint, j.jobid, j.schedule, j.active, j.username::text,
+		$q$SELECT o.id, j.jobid, j.schedule, j.active, j.username::text,
 				  CASE WHEN j.active THEN smartconnector.cron_next(j.schedule, pg_catalog.now()) END
-			 FROM cron.job j WHERE j.jobname ~ '^smartconnector:[0-9]+$'$q$;
+			 FROM cron.job j
+			CROSS JOIN LATERAL (SELECT CASE WHEN j.jobname ~ '^smartconnector:[1-9][0-9]{0,17}$'
+											THEN pg_catalog.substr(j.jobname, 16)::bigint END AS id) o
+			WHERE o.id IS NOT NULL
+			  AND j.command = pg_catalog.format('SELECT smartconnector.trigger_scheduled(%s)', o.id)
+			  AND j.database = pg_catalog.current_database()
+			  AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+						   WHERE r.rolname = j.username
+							 AND pg_catalog.pg_has_role(r.oid, 'smartconnector_admin', 'USAGE'))$q$;
 END
 $$;
 COMMENT ON FUNCTION smartconnector.schedules() IS
@@ -1745,8 +1759,7 @@ DECLARE
 	job bigint;
 BEGIN
 	IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
-		FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1'
-			USING 'smartconnector:' || OLD.id
+		FOR job IN SELECT s.jobid FROM smartconnector.schedules() s WHERE s.connector_id = OLD.id
 		LOOP
 			EXECUTE 'SELECT cron.unschedule($1)' USING job;
 		END LOOP;

@@ -58,6 +58,32 @@ $node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{SELECT count(*) FROM cron.job WHERE jobname LIKE 'smartconnector:%'}),
 	'0', 'deleting a connector removes its pg_cron job');
 
+# --- pg_cron jobs that only look like ours are neither shown nor touched ---
+my $target = $node->safe_psql('postgres', q{
+	CREATE ROLE regress_intruder LOGIN;
+	GRANT USAGE ON SCHEMA cron TO regress_intruder;
+	SELECT smartconnector.create_connector('Target', 'target');
+	SELECT id FROM smartconnector.connector WHERE api_name = 'target';});
+$node->safe_psql('postgres', qq{
+	SET ROLE regress_intruder;
+	SELECT cron.schedule('smartconnector:99999999999999999999', '0 0 1 1 *', 'SELECT 1');
+	SELECT cron.schedule('smartconnector:$target', '0 0 1 1 *', 'SELECT 2');});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM cron.job WHERE username = 'regress_intruder'}), '2',
+	'another role made two jobs named like schedules');
+($ret, $out, $err) = $node->psql('postgres', q{
+	SELECT coalesce(schedule, 'none') FROM smartconnector.overview WHERE api_name = 'target'});
+is("$ret $out", '0 none', 'the overview still works, and does not show them as a schedule') or diag($err);
+($ret, $out, $err) = $node->psql('postgres', q{SET ROLE regress_planner;
+	SELECT smartconnector.change_api_name('target', 'target_v2')});
+is($ret, 0, 'change_api_name() still works') or diag($err);
+unlike($err, qr/has a schedule/, 'without a warning about a schedule it does not have');
+is($node->safe_psql('postgres', q{SET ROLE regress_planner; SELECT smartconnector.unschedule('target_v2')}),
+	'f', 'unschedule() finds no schedule');
+$node->safe_psql('postgres', q{DELETE FROM smartconnector.connector WHERE api_name = 'target_v2'});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM cron.job WHERE username = 'regress_intruder'}), '2',
+	'neither unschedule() nor deleting the connector touched the other role\'s jobs');
+$node->safe_psql('postgres', q{DELETE FROM cron.job WHERE username = 'regress_intruder'});
+
 # --- the overview stays right under load ---
 $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Busy ' || i, 'busy_' || i, status => 'operational',
