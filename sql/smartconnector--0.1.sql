@@ -1956,8 +1956,10 @@ COMMENT ON FUNCTION smartconnector.set_user_email(text, name) IS
  * deliveries) that ended before older_than (default: now minus
  * smartconnector.history_retention).  Executions with a delivery still
  * pending are kept.  Touches only ended executions, so admission never
- * waits for it.  Returns how many were deleted; call again while it
- * returns batch_size.
+ * waits for it; and it waits for no one: an execution or delivery that
+ * another transaction holds locked (an uncommitted redeliver(), say) is
+ * left for a later call.  Returns how many were deleted; call again while
+ * it returns batch_size.
  */
 CREATE FUNCTION smartconnector.cleanup(older_than timestamptz DEFAULT NULL,
 									   batch_size integer DEFAULT 10000)
@@ -1968,20 +1970,31 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	cutoff timestamptz := coalesce(older_than, smartconnector.retention_cutoff());
+	expired bigint[];
+	held bigint[];
 	n bigint;
 BEGIN
 	IF cutoff IS NULL THEN
 		RETURN 0;
 	END IF;
-	DELETE FROM smartconnector.execution x
-	 WHERE x.id IN (
+	expired := ARRAY(
 		SELECT e.id FROM smartconnector.execution e
 		 WHERE e.ended_at < cutoff
 		   AND e.state NOT IN ('queued', 'running')
 		   AND NOT EXISTS (SELECT 1 FROM smartconnector.delivery d
 							WHERE d.execution_id = e.id AND d.state = 'pending')
 		 ORDER BY e.ended_at
-		 LIMIT batch_size);
+		 LIMIT batch_size
+		   FOR UPDATE OF e SKIP LOCKED);
+	/* the executions of deliveries someone holds locked stay, for now */
+	held := ARRAY(
+		SELECT d.execution_id FROM smartconnector.delivery d
+		 WHERE d.execution_id = ANY (expired)
+		   AND d.id NOT IN (SELECT l.id FROM smartconnector.delivery l
+							 WHERE l.execution_id = ANY (expired)
+							   FOR UPDATE SKIP LOCKED));
+	DELETE FROM smartconnector.execution x
+	 WHERE x.id = ANY (expired) AND x.id <> ALL (held);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -2101,3 +2114,7 @@ SELECT pg_catalog.pg_extension_config_dump('smartconnector.delivery_id_seq', '')
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.user_email', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.chain', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.record_hash', '');
+
+/* the workers notice the new extension at once, not at their next nap */
+SELECT smartconnector.wake_at_commit();
+SELECT smartconnector.wake_dispatcher_at_commit();

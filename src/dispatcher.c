@@ -21,6 +21,14 @@
  * Delivery is at least once: a crash between sending and recording sends
  * again after restart, with the same webhook-id.
  *
+ * A user's open transaction never stalls the dispatcher: a delivery whose
+ * row someone holds locked (an uncommitted redeliver(), a DELETE, a SELECT
+ * FOR UPDATE) is passed over, never waited for.  Its attempt's result is
+ * held in memory (and the row not fetched again) and recorded once the row
+ * is free, if the row is still as it was fetched; if the holder changed it
+ * (a redeliver() that committed), the change wins and the result is
+ * dropped.  Held results are retried every HELD_RETRY_MS.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -59,6 +67,8 @@
 /* Record finished attempts in groups of this many, or after this long */
 #define RECORD_GROUP			64
 #define RECORD_DELAY_MS			5
+/* Retry recording the results of rows that a user's transaction holds locked this often */
+#define HELD_RETRY_MS			1000
 /*
  * Fetch at most once per this long: under a stream of completions every
  * commit wakes the dispatcher, and a turn per delivery cost more in
@@ -85,6 +95,7 @@ typedef struct ReadyDelivery
 {
 	ReadyBatch *batch;
 	int64		id;
+	TimestampTz due_at;			/* its next_attempt_at, which its result is recorded against */
 	bool		is_webhook;
 	char	   *host;
 	char	   *target;
@@ -102,16 +113,19 @@ static bool unpark_needed = true;	/* release held emails once smtp_url is set */
 static MemoryContext ready_cxt = NULL;	/* the ready list; batches are its children */
 static ResourceOwner sign_owner = NULL;	/* holds the HMAC contexts of signing */
 static List *ready = NIL;		/* ReadyDelivery *, in fetch order */
+static List *held = NIL;		/* ScTransferResult * of rows found locked, in TopMemoryContext */
 static TimestampTz cursor_at = DT_NOBEGIN;	/* last fetched (next_attempt_at, id) */
 static int64 cursor_id = 0;
 static bool last_fetch_empty = false;	/* it found nothing due after the cursor */
 static TimestampTz last_fetch_at = 0;
 
 static void dispatcher_detach(int code, Datum arg);
-static void record_results(List *results);
+static List *record_results(List *results);
+static bool is_held(int64 id);
 static TimestampTz fetch_due(void);
 static int	ready_for_host(List *list, const char *host);
 static void drop_ready_emails(void);
+static void forget_outbox(void);
 static bool is_ready(int64 id);
 static bool ready_can_start(void);
 static long ms_until(TimestampTz now, TimestampTz then);
@@ -291,27 +305,38 @@ dispatcher_detach(int code, Datum arg)
  * the next delay of the schedule (delays in ms), or after Retry-After if
  * that is longer; once the schedule is used up, or for a permanent failure
  * (a refused private address), the delivery fails.
+ *
+ * An attempt is recorded only on the row as it was fetched (pending, with
+ * the same next_attempt_at): a redeliver() committed meanwhile wins.  Rows
+ * another transaction holds locked are skipped, not waited for; returns
+ * the results of those, for a later try (the caller keeps them, and frees
+ * the others).
  */
-static void
+static List *
 record_results(List *results)
 {
-	Oid			types[9] = {INT8ARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, INT8ARRAYOID};
+	Oid			types[10] = {INT8ARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
 	SPIPlanPtr	plan;
 	int			n = list_length(results);
-	Datum	   *ids, *oks, *ats, *statuses, *errors, *responses, *retries, *perms, *delays;
+	Datum	   *ids, *oks, *ats, *statuses, *errors, *responses, *retries, *perms, *delays, *dues;
 	bool	   *status_nulls, *error_nulls, *response_nulls;
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	Datum		args[9];
+	Datum		args[10];
 	int			i = 0;
 	int			ret;
 	ListCell   *lc;
+	List	   *locked = NIL;
 
 	if (results == NIL)
-		return;
+		return NIL;
 	plan = sc_keep_plan(&record_plan,
-		"UPDATE smartconnector.delivery d"
+		"WITH mine AS ("
+		"  SELECT d.id FROM smartconnector.delivery d"
+		"   WHERE d.id = ANY ($1) FOR UPDATE SKIP LOCKED),"
+		" recorded AS ("
+		" UPDATE smartconnector.delivery d"
 		"   SET attempts = d.attempts + 1,"
 		"       last_attempt_at = a.at,"
 		"       last_status = a.status,"
@@ -330,10 +355,13 @@ record_results(List *results)
 		"                                 coalesce(a.retry_after, 0)::bigint * 1000)"
 		"                        * interval '1 millisecond' END"
 		"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4),"
-		"                  unnest($5), unnest($6), unnest($7), unnest($8))"
-		"       AS a(id, ok, at, status, error, response, retry_after, perm)"
-		" WHERE d.id = a.id AND d.state = 'pending'",
-		9, types);
+		"                  unnest($5), unnest($6), unnest($7), unnest($8), unnest($10))"
+		"       AS a(id, ok, at, status, error, response, retry_after, perm, due_at)"
+		" WHERE d.id = a.id AND d.state = 'pending' AND d.next_attempt_at = a.due_at"
+		"   AND d.id IN (SELECT mine.id FROM mine))"
+		" SELECT d.id FROM smartconnector.delivery d"
+		"  WHERE d.id = ANY ($1) AND d.id NOT IN (SELECT mine.id FROM mine)",
+		10, types);
 
 	ids = palloc(sizeof(Datum) * n);
 	oks = palloc(sizeof(Datum) * n);
@@ -343,6 +371,7 @@ record_results(List *results)
 	responses = palloc(sizeof(Datum) * n);
 	retries = palloc(sizeof(Datum) * n);
 	perms = palloc(sizeof(Datum) * n);
+	dues = palloc(sizeof(Datum) * n);
 	status_nulls = palloc0(sizeof(bool) * n);
 	error_nulls = palloc0(sizeof(bool) * n);
 	response_nulls = palloc0(sizeof(bool) * n);
@@ -361,6 +390,7 @@ record_results(List *results)
 		response_nulls[i] = (r->response == NULL);
 		retries[i] = Int32GetDatum(Max(r->retry_after_s, 0));
 		perms[i] = BoolGetDatum(r->permanent);
+		dues[i] = TimestampTzGetDatum(r->due_at);
 		i++;
 	}
 	delays = palloc(sizeof(Datum) * Max(sc_retry_schedule_len, 1));
@@ -381,9 +411,44 @@ record_results(List *results)
 	args[8] = PointerGetDatum(sc_retry_schedule_len > 0 ?
 							  construct_array(delays, sc_retry_schedule_len, INT8OID, 8, true, TYPALIGN_DOUBLE) :
 							  construct_empty_array(INT8OID));
+	args[9] = PointerGetDatum(construct_array(dues, n, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE));
 	ret = SPI_execute_plan(plan, args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not record delivery attempts: %s", SPI_result_code_string(ret));
+
+	/* the rows someone else holds: their results wait */
+	for (uint64 k = 0; k < SPI_processed; k++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+
+		foreach(lc, results)
+		{
+			if (((ScTransferResult *) lfirst(lc))->delivery_id == id)
+			{
+				locked = lappend(locked, lfirst(lc));
+				break;
+			}
+		}
+	}
+	return locked;
+}
+
+/*
+ * Whether a delivery's result is held, waiting for its row to be free.
+ */
+static bool
+is_held(int64 id)
+{
+	ListCell   *lc;
+
+	foreach(lc, held)
+	{
+		if (((ScTransferResult *) lfirst(lc))->delivery_id == id)
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -414,14 +479,30 @@ fetch_due(void)
 
 	if (emails && unpark_needed)
 	{
-		/* smtp_url is set (again): release the emails held while it was not */
+		/*
+		 * smtp_url is set (again): release the emails held while it was not.
+		 * Rows a user's transaction holds locked are left for the next
+		 * fetch (the statement says whether any were).
+		 */
+		bool		isnull;
+
 		if (SPI_execute_plan(sc_keep_plan(&unpark_plan,
-			"UPDATE smartconnector.delivery SET next_attempt_at = clock_timestamp()"
-			" WHERE state = 'pending' AND channel = 'email'"
-			"   AND next_attempt_at >= " PARKED_AT,
-			0, NULL), NULL, NULL, false, 0) != SPI_OK_UPDATE)
+			"WITH parked AS ("
+			"  SELECT d.id FROM smartconnector.delivery d"
+			"   WHERE d.state = 'pending' AND d.channel = 'email'"
+			"     AND d.next_attempt_at >= " PARKED_AT
+			"     FOR UPDATE SKIP LOCKED),"
+			" released AS ("
+			"  UPDATE smartconnector.delivery d SET next_attempt_at = clock_timestamp()"
+			"    FROM parked WHERE d.id = parked.id)"
+			" SELECT EXISTS (SELECT 1 FROM smartconnector.delivery d"
+			"                 WHERE d.state = 'pending' AND d.channel = 'email'"
+			"                   AND d.next_attempt_at >= " PARKED_AT
+			"                   AND d.id NOT IN (SELECT parked.id FROM parked))",
+			0, NULL), NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not release held emails");
-		unpark_needed = false;
+		unpark_needed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
 	}
 
 	/*
@@ -514,9 +595,10 @@ fetch_due(void)
 		fetched++;
 		new_cursor_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
 		new_cursor_id = r->id;
+		r->due_at = new_cursor_at;
 		r->host = SPI_getvalue(tup, desc, 4);
 		r->batch = batch;
-		if (sc_transport_has(r->id) || is_ready(r->id) ||
+		if (sc_transport_has(r->id) || is_ready(r->id) || is_held(r->id) ||
 			ready_for_host(ready, r->host) + ready_for_host(added, r->host) >= FETCH_PER_HOST)
 			continue;
 
@@ -563,7 +645,9 @@ fetch_due(void)
 		park_args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 		if (SPI_execute_plan(sc_keep_plan(&park_plan,
 			"UPDATE smartconnector.delivery SET next_attempt_at = " PARKED_AT
-			" WHERE id = ANY ($1) AND state = 'pending'",
+			" WHERE id IN (SELECT d.id FROM smartconnector.delivery d"
+			"               WHERE d.id = ANY ($1) AND d.state = 'pending'"
+			"                 FOR UPDATE SKIP LOCKED)",
 			1, park_types), park_args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not hold emails");
 	}
@@ -619,6 +703,32 @@ drop_ready_emails(void)
 	}
 	cursor_at = DT_NOBEGIN;
 	cursor_id = 0;
+}
+
+/*
+ * The extension was dropped: forget the ready list and the held results,
+ * which name deliveries that are gone (a new outbox numbers its rows from 1
+ * again).  Transfers in flight finish, and their results match no row.
+ */
+static void
+forget_outbox(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, ready)
+	{
+		ReadyDelivery *r = (ReadyDelivery *) lfirst(lc);
+
+		if (--r->batch->live == 0)
+			MemoryContextDelete(r->batch->cxt);
+	}
+	list_free(ready);
+	ready = NIL;
+	sc_transport_free_results(held);
+	held = NIL;
+	cursor_at = DT_NOBEGIN;
+	cursor_id = 0;
+	unpark_needed = true;
 }
 
 /*
@@ -729,10 +839,10 @@ start_ready(void)
 				headers = lappend(headers, psprintf("webhook-signature: %s", sig));
 			headers = list_concat(headers, r->headers);
 			MemoryContextSwitchTo(old);
-			sc_transport_add_webhook(r->id, r->host, r->target, r->body, headers);
+			sc_transport_add_webhook(r->id, r->due_at, r->host, r->target, r->body, headers);
 		}
 		else
-			sc_transport_add_email(r->id, r->target, r->body);
+			sc_transport_add_email(r->id, r->due_at, r->target, r->body);
 		ready = foreach_delete_current(ready, lc);
 		if (--r->batch->live == 0)
 			MemoryContextDelete(r->batch->cxt);
@@ -752,6 +862,7 @@ sc_dispatcher_main(Datum main_arg)
 	List	   *volatile unrecorded = NIL;	/* finished, not yet recorded */
 	volatile TimestampTz first_unrecorded = 0;
 	volatile TimestampTz fetch_not_before = 0;	/* pacing, and a pause after an error */
+	volatile TimestampTz held_retry_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -797,6 +908,7 @@ sc_dispatcher_main(Datum main_arg)
 		TimestampTz now;
 		bool		record_now;
 		bool		fetch_allowed;
+		bool		retry_held;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -835,23 +947,39 @@ sc_dispatcher_main(Datum main_arg)
 		if (!ready_can_start() && !last_fetch_empty)
 			need_fetch = true;
 		fetch_allowed = now >= fetch_not_before;
+		retry_held = held != NIL && now >= held_retry_at;
 		/* results ride along with the next fetch, or wait a few ms for company */
-		record_now = unrecorded != NIL &&
+		record_now = retry_held || (unrecorded != NIL &&
 			(list_length(unrecorded) >= RECORD_GROUP ||
 			 (need_fetch && fetch_allowed && !ready_can_start()) ||
-			 now >= TimestampTzPlusMilliseconds(first_unrecorded, RECORD_DELAY_MS));
+			 now >= TimestampTzPlusMilliseconds(first_unrecorded, RECORD_DELAY_MS)));
 
 		if (record_now || (need_fetch && fetch_allowed && !ready_can_start()))
 		{
-			bool		fetch = need_fetch && fetch_allowed && !ready_can_start();
+			volatile bool fetch = need_fetch && fetch_allowed && !ready_can_start();
+			List	   *volatile still_locked = NIL;
+
+			if (retry_held)
+			{
+				MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+				unrecorded = list_concat(unrecorded, held);
+				MemoryContextSwitchTo(old);
+				list_free(held);
+				held = NIL;
+			}
 
 			PG_TRY();
 			{
 				sc_work_begin("smartconnector: dispatching");
-				installed = sc_extension_installed();
+				installed = sc_extension_installed(false);
 				if (installed)
 				{
-					record_results(unrecorded);
+					List	   *locked = record_results(unrecorded);
+					MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+					still_locked = list_copy(locked);
+					MemoryContextSwitchTo(old);
 					if (fetch)
 					{
 						next_due = fetch_due();
@@ -866,6 +994,8 @@ sc_dispatcher_main(Datum main_arg)
 			PG_CATCH();
 			{
 				/* unrecorded attempts stay pending and are sent again */
+				list_free(still_locked);
+				still_locked = NIL;
 				EmitErrorReport();
 				FlushErrorState();
 				AbortOutOfAnyTransaction();
@@ -892,13 +1022,37 @@ sc_dispatcher_main(Datum main_arg)
 			}
 			if (unrecorded != NIL)
 				last_fetch_empty = false;	/* retries or freed slots: look again */
+			if (still_locked != NIL)
+			{
+				/* keep these for a later try; free the rest */
+				List	   *done = NIL;
+				ListCell   *lc;
+				MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+				foreach(lc, unrecorded)
+				{
+					if (list_member_ptr(still_locked, lfirst(lc)))
+						held = lappend(held, lfirst(lc));
+					else
+						done = lappend(done, lfirst(lc));
+				}
+				MemoryContextSwitchTo(old);
+				list_free(unrecorded);
+				list_free(still_locked);
+				unrecorded = done;
+				held_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), HELD_RETRY_MS);
+			}
 			sc_transport_free_results(unrecorded);
 			unrecorded = NIL;
 			start_ready();
 		}
 
 		if (!installed)
+		{
+			if (ready != NIL || held != NIL)
+				forget_outbox();
 			timeout = 10000;
+		}
 		else
 		{
 			now = GetCurrentTimestamp();
@@ -915,6 +1069,8 @@ sc_dispatcher_main(Datum main_arg)
 			}
 			if (unrecorded != NIL)
 				timeout = Min(timeout, RECORD_DELAY_MS);
+			if (held != NIL)
+				timeout = Min(timeout, ms_until(now, held_retry_at));
 			if (need_fetch && !ready_can_start())
 				timeout = Min(timeout, ms_until(now, fetch_not_before));
 		}

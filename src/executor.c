@@ -75,6 +75,9 @@
 
 #include "smartconnector.h"
 
+/* admit_next(): the extension is not installed, or is being dropped */
+#define EXTENSION_GONE		(-2)
+
 /* What the executor needs to know to run one execution */
 typedef struct ExecInfo
 {
@@ -201,7 +204,8 @@ discard_session(void)
 /*
  * Reset the session, then admit the next execution of a connector that
  * runs as our role, oldest queued first, in a transaction of its own.
- * Returns 0 when nothing is admissible.
+ * Returns 0 when nothing is admissible, EXTENSION_GONE when the extension
+ * is not installed (or a DROP EXTENSION waits).
  */
 static int64
 admit_next(void)
@@ -210,6 +214,12 @@ admit_next(void)
 	int64		id;
 
 	begin_own_transaction("smartconnector: admitting");
+	if (!sc_extension_installed(false))
+	{
+		/* dropped, or a DROP EXTENSION waits: nothing to admit */
+		sc_work_commit();
+		return EXTENSION_GONE;
+	}
 	discard_session();
 
 	/*
@@ -393,6 +403,10 @@ run_execution(int64 execution_id)
 
 		/* with the role's own defaults: the handler runs in this transaction */
 		sc_work_begin("smartconnector: loading execution");
+		if (!sc_extension_installed(true))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("extension \"smartconnector\" was dropped")));
 		sc_privileged_begin(&priv);
 		if (!load_exec_info(execution_id, &info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
@@ -469,6 +483,10 @@ run_execution(int64 execution_id)
 		bool		cancelled;
 
 		begin_own_transaction("smartconnector: recording failure");
+		if (!sc_extension_installed(true))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("extension \"smartconnector\" was dropped")));
 		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info.connector_id, info.diff_check,
@@ -571,6 +589,8 @@ sc_executor_main(Datum main_arg)
 		}
 		PG_END_TRY();
 
+		if (execution_id == EXTENSION_GONE)
+			break;				/* quietly; the launcher starts us once there is work again */
 		if (execution_id > 0)
 		{
 			run_execution(execution_id);

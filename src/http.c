@@ -169,6 +169,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -179,6 +180,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 typedef struct Transfer
 {
 	int64		delivery_id;
+	TimestampTz due_at;			/* passed back in the result */
 	bool		is_webhook;
 	CURL	   *easy;
 	MemoryContext cxt;
@@ -191,6 +193,7 @@ typedef struct Transfer
 	StringInfoData response;
 	int			retry_after_s;
 	int			opened;			/* sockets opened to addresses that are allowed */
+	bool		no_fd;			/* a socket was refused: no file descriptor left */
 	char		blocked[INET6_ADDRSTRLEN + 1];	/* the last address refused, or "" */
 	char		errbuf[CURL_ERROR_SIZE];
 } Transfer;
@@ -205,7 +208,14 @@ static CURLM *multi = NULL;
 static bool smtp_url_has_credentials = false;	/* smtp://user:password@host */
 static MemoryContext transport_cxt = NULL;
 static List *transfers = NIL;	/* Transfer *, in flight */
-static List *watches = NIL;		/* SocketWatch * */
+/*
+ * The sockets curl wants watched, in malloc'd memory: socket_cb runs inside
+ * libcurl, where an ERROR (palloc's out of memory) would longjmp through
+ * curl's stack and leave it inconsistent.  So nothing there can ereport.
+ */
+static SocketWatch *watches = NULL;
+static int	n_watches = 0;
+static int	max_watches = 0;
 static List *results = NIL;		/* ScTransferResult *, finished */
 static bool watches_dirty = true;
 static WaitEventSet *wait_set = NULL;
@@ -226,8 +236,12 @@ static bool ipv6_is_private(const uint8 *a);
 static bool prefix_equal(const uint8 *a, const uint8 *b, int bits);
 static bool address_is_allowed(int family, const uint8 *addr);
 static bool address_is_private(const struct sockaddr *sa, int family, char *text, size_t textlen);
-static Transfer *new_transfer(int64 delivery_id, const char *host, bool is_webhook);
+static Transfer *new_transfer(int64 delivery_id, TimestampTz due_at, const char *host,
+							   bool is_webhook);
 static void finish_transfer(Transfer *t, CURLcode code);
+static bool append_line(struct curl_slist **list, const char *line);
+static void start_transfer(Transfer *t, bool built);
+static int	close_socket_cb(void *clientp, curl_socket_t fd);
 static void collect_done(void);
 
 /*
@@ -335,38 +349,34 @@ sc_transport_host_count(const char *host)
 static int
 socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-	ListCell   *lc;
-	MemoryContext old;
-
-	foreach(lc, watches)
+	for (int i = 0; i < n_watches; i++)
 	{
-		SocketWatch *w = (SocketWatch *) lfirst(lc);
-
-		if (w->fd == fd)
+		if (watches[i].fd == fd)
 		{
 			if (what == CURL_POLL_REMOVE)
-			{
-				watches = foreach_delete_current(watches, lc);
-				pfree(w);
-			}
+				watches[i] = watches[--n_watches];
 			else
-				w->what = what;
+				watches[i].what = what;
 			watches_dirty = true;
 			return 0;
 		}
 	}
-	if (what != CURL_POLL_REMOVE)
+	if (what == CURL_POLL_REMOVE)
+		return 0;
+	if (n_watches == max_watches)
 	{
-		SocketWatch *w;
+		int			n = max_watches == 0 ? 16 : max_watches * 2;
+		SocketWatch *grown = realloc(watches, sizeof(SocketWatch) * n);
 
-		old = MemoryContextSwitchTo(transport_cxt);
-		w = palloc(sizeof(SocketWatch));
-		w->fd = fd;
-		w->what = what;
-		watches = lappend(watches, w);
-		MemoryContextSwitchTo(old);
-		watches_dirty = true;
+		if (grown == NULL)
+			return -1;			/* curl fails the transfer */
+		watches = grown;
+		max_watches = n;
 	}
+	watches[n_watches].fd = fd;
+	watches[n_watches].what = what;
+	n_watches++;
+	watches_dirty = true;
 	return 0;
 }
 
@@ -655,6 +665,7 @@ open_socket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *addres
 {
 	Transfer   *t = (Transfer *) clientp;
 	char		text[INET6_ADDRSTRLEN + 1];
+	curl_socket_t fd;
 
 	if (t->is_webhook && sc_block_private_addresses &&
 		address_is_private(&address->addr, address->family, text, sizeof(text)))
@@ -662,8 +673,31 @@ open_socket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *addres
 		strlcpy(t->blocked, text, sizeof(t->blocked));
 		return CURL_SOCKET_BAD;
 	}
-	t->opened++;
-	return socket(address->family, address->socktype, address->protocol);
+	/* counted against max_files_per_process, as every file the backend opens */
+	if (!AcquireExternalFD())
+	{
+		t->no_fd = true;
+		return CURL_SOCKET_BAD;
+	}
+	fd = socket(address->family, address->socktype, address->protocol);
+	if (fd == CURL_SOCKET_BAD)
+		ReleaseExternalFD();
+	else
+		t->opened++;
+	return fd;
+}
+
+/*
+ * curl's close-socket callback, for the sockets open_socket_cb opened (a
+ * pooled connection may outlive its transfer: no transfer data here).
+ */
+static int
+close_socket_cb(void *clientp, curl_socket_t fd)
+{
+	int			rc = close(fd);
+
+	ReleaseExternalFD();
+	return rc;
 }
 
 /*
@@ -771,7 +805,7 @@ read_cb(char *buffer, size_t size, size_t nitems, void *userp)
  * A transfer with its own memory context and the options common to all.
  */
 static Transfer *
-new_transfer(int64 delivery_id, const char *host, bool is_webhook)
+new_transfer(int64 delivery_id, TimestampTz due_at, const char *host, bool is_webhook)
 {
 	MemoryContext cxt = AllocSetContextCreate(transport_cxt, "smartconnector transfer",
 											  ALLOCSET_SMALL_SIZES);
@@ -780,6 +814,7 @@ new_transfer(int64 delivery_id, const char *host, bool is_webhook)
 
 	t->cxt = cxt;
 	t->delivery_id = delivery_id;
+	t->due_at = due_at;
 	t->is_webhook = is_webhook;
 	t->host = pstrdup(host);
 	t->retry_after_s = -1;
@@ -798,6 +833,8 @@ new_transfer(int64 delivery_id, const char *host, bool is_webhook)
 	curl_easy_setopt(t->easy, CURLOPT_PROXY, "");	/* ignore *_proxy variables */
 	curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
 	curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+	curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, NULL);
 	curl_easy_setopt(t->easy, CURLOPT_PREREQFUNCTION, prereq_cb);
 	curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
@@ -811,18 +848,20 @@ new_transfer(int64 delivery_id, const char *host, bool is_webhook)
  * Start posting a webhook.  headers are "Name: value" strings.
  */
 void
-sc_transport_add_webhook(int64 delivery_id, const char *host, const char *url,
-						 const char *body, List *headers)
+sc_transport_add_webhook(int64 delivery_id, TimestampTz due_at, const char *host,
+						 const char *url, const char *body, List *headers)
 {
-	Transfer   *t = new_transfer(delivery_id, host, true);
+	Transfer   *t = new_transfer(delivery_id, due_at, host, true);
 	MemoryContext old = MemoryContextSwitchTo(t->cxt);
 	char	   *copy = pstrdup(body);
 	ListCell   *lc;
 
+	bool		built = true;
+
 	MemoryContextSwitchTo(old);
 	foreach(lc, headers)
-		t->headers = curl_slist_append(t->headers, (char *) lfirst(lc));
-	t->headers = curl_slist_append(t->headers, "Expect:");
+		built = built && append_line(&t->headers, (char *) lfirst(lc));
+	built = built && append_line(&t->headers, "Expect:");
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, url);
 	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -830,29 +869,27 @@ sc_transport_add_webhook(int64 delivery_id, const char *host, const char *url,
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, copy);
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(copy));
 	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-
-	old = MemoryContextSwitchTo(transport_cxt);
-	transfers = lappend(transfers, t);
-	MemoryContextSwitchTo(old);
-	curl_multi_add_handle(multi, t->easy);
+	start_transfer(t, built);
 }
 
 /*
  * Start sending an email over SMTP (smartconnector.smtp_url).
  */
 void
-sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
+sc_transport_add_email(int64 delivery_id, TimestampTz due_at, const char *to,
+					   const char *message)
 {
-	Transfer   *t = new_transfer(delivery_id, "smtp", false);
+	Transfer   *t = new_transfer(delivery_id, due_at, "smtp", false);
 	MemoryContext old = MemoryContextSwitchTo(t->cxt);
 	char	   *from = psprintf("<%s>", sc_smtp_from);
 	char	   *rcpt = psprintf("<%s>", to);
 	bool		has_credentials;
+	bool		built;
 
 	t->upload = pstrdup(message);
 	t->upload_len = strlen(message);
 	MemoryContextSwitchTo(old);
-	t->recipients = curl_slist_append(NULL, rcpt);
+	built = append_line(&t->recipients, rcpt);
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, sc_smtp_url);
 	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
@@ -880,11 +917,48 @@ sc_transport_add_email(int64 delivery_id, const char *to, const char *message)
 		curl_easy_setopt(t->easy, CURLOPT_USE_SSL,
 						 (long) (has_credentials && !sc_smtp_allow_plaintext_auth ?
 								 CURLUSESSL_ALL : CURLUSESSL_TRY));
+	start_transfer(t, built);
+}
 
-	old = MemoryContextSwitchTo(transport_cxt);
+/*
+ * Append a line to a curl list; false if curl could not (out of memory),
+ * which leaves the list as it was.
+ */
+static bool
+append_line(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *longer = curl_slist_append(*list, line);
+
+	if (longer == NULL)
+		return false;
+	*list = longer;
+	return true;
+}
+
+/*
+ * Hand a transfer to curl; one that could not be built (built false) or
+ * that curl does not take fails at once, as an attempt that is retried.
+ */
+static void
+start_transfer(Transfer *t, bool built)
+{
+	MemoryContext old = MemoryContextSwitchTo(transport_cxt);
+	CURLMcode	rc;
+
 	transfers = lappend(transfers, t);
 	MemoryContextSwitchTo(old);
-	curl_multi_add_handle(multi, t->easy);
+	if (!built)
+	{
+		strlcpy(t->errbuf, "out of memory building the request", sizeof(t->errbuf));
+		finish_transfer(t, CURLE_OUT_OF_MEMORY);
+		return;
+	}
+	rc = curl_multi_add_handle(multi, t->easy);
+	if (rc != CURLM_OK)
+	{
+		strlcpy(t->errbuf, curl_multi_strerror(rc), sizeof(t->errbuf));
+		finish_transfer(t, CURLE_FAILED_INIT);
+	}
 }
 
 /*
@@ -899,6 +973,7 @@ finish_transfer(Transfer *t, CURLcode code)
 
 	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
 	r->delivery_id = t->delivery_id;
+	r->due_at = t->due_at;
 	r->finished_at = GetCurrentTimestamp();
 	r->status = (int) status;
 	r->retry_after_s = t->retry_after_s;
@@ -919,6 +994,9 @@ finish_transfer(Transfer *t, CURLcode code)
 	else if (code != CURLE_OK && t->blocked[0] != '\0')
 		r->error = psprintf("%s%s%s (and refused private address %s)", curl_easy_strerror(code),
 							t->errbuf[0] ? ": " : "", t->errbuf, t->blocked);
+	else if (code != CURLE_OK && t->no_fd)
+		r->error = psprintf("%s: no file descriptor left for a connection (max_files_per_process)",
+							curl_easy_strerror(code));
 	else if (code == CURLE_USE_SSL_FAILED && !t->is_webhook)
 		r->error = psprintf("%s: the SMTP server does not offer STARTTLS, and credentials are not sent without TLS (smartconnector.smtp_allow_plaintext_auth is off)",
 							curl_easy_strerror(code));
@@ -977,23 +1055,21 @@ sc_transport_wait(long timeout_ms)
 
 	if (watches_dirty || wait_set == NULL)
 	{
-		ListCell   *lc;
-
 		if (wait_set != NULL)
 			FreeWaitEventSet(wait_set);
-		wait_set = CreateWaitEventSet(transport_cxt, 2 + list_length(watches));
+		wait_set = CreateWaitEventSet(transport_cxt, 2 + n_watches);
 		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		foreach(lc, watches)
+		for (int i = 0; i < n_watches; i++)
 		{
-			SocketWatch *w = (SocketWatch *) lfirst(lc);
+			SocketWatch *w = &watches[i];
 			uint32		ev = 0;
 
 			if (w->what & CURL_POLL_IN)
 				ev |= WL_SOCKET_READABLE;
 			if (w->what & CURL_POLL_OUT)
 				ev |= WL_SOCKET_WRITEABLE;
-			AddWaitEventToSet(wait_set, ev, w->fd, NULL, w);
+			AddWaitEventToSet(wait_set, ev, w->fd, NULL, NULL);
 		}
 		watches_dirty = false;
 	}

@@ -136,6 +136,8 @@ static bool launcher_pass(int *running, List **demand, bool *more);
 static void fair_shares(List *demand, int slots);
 static void manage_executors(List *demand);
 static bool start_executor(int slot, Oid role);
+static void set_latches(Latch **latches, int *n);
+static void retire_all_executors(void);
 
 /*
  * Register the launcher with the postmaster (from _PG_init).
@@ -301,8 +303,8 @@ stop_overdue_handlers(void)
 			slot->stop_by = 0;	/* once */
 		}
 		SpinLockRelease(&sc_shared->mutex);
-		if (pid == 0)
-			continue;
+		if (pid == 0 || !sc_progress_slot_owner(i, pid))
+			continue;			/* its backend is gone: failed as a runner that ended */
 		ereport(LOG,
 				(errmsg("smartconnector terminates the executor (pid %d) of execution %lld: its handler did not stop %s",
 						(int) pid, (long long) id,
@@ -367,7 +369,7 @@ launcher_pass(int *running, List **demand, bool *more)
 	stop_overdue_handlers();
 	sc_work_begin("smartconnector: checking runners");
 
-	installed = sc_extension_installed();
+	installed = sc_extension_installed(false);
 	if (installed)
 	{
 		Oid			types[2] = {INT4OID, INT8OID};
@@ -448,6 +450,12 @@ launcher_pass(int *running, List **demand, bool *more)
 		}
 		SPI_freetuptable(roles);
 	}
+	else
+	{
+		/* dropped (or being dropped): what we knew was of the old tables */
+		bound = false;
+		n_stopped = 0;
+	}
 	sc_work_commit();
 	return installed;
 }
@@ -464,6 +472,11 @@ cleanup_batch(void)
 	int			ret;
 
 	sc_work_begin("smartconnector: deleting expired history");
+	if (!sc_extension_installed(false))
+	{
+		sc_work_commit();
+		return false;
+	}
 	ret = SPI_execute("SELECT smartconnector.cleanup(NULL, " CppAsString2(CLEANUP_BATCH) ")", false, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
@@ -630,6 +643,45 @@ role_demand(List *demand, Oid role)
 }
 
 /*
+ * Set the latches collected under the spinlock, and empty the list.  A
+ * latch whose executor exited meanwhile belongs to the next process using
+ * that PGPROC, which just wakes once.
+ */
+static void
+set_latches(Latch **latches, int *n)
+{
+	for (int i = 0; i < *n; i++)
+		SetLatch(latches[i]);
+	*n = 0;
+}
+
+/*
+ * The extension is gone (or a DROP EXTENSION waits): ask every executor to
+ * leave, so that none sleeps on until its idle timeout.  They are started
+ * again once there is work.
+ */
+static void
+retire_all_executors(void)
+{
+	Latch	  **to_wake = palloc(sizeof(Latch *) * sc_shared->num_executor_slots);
+	int			n_wake = 0;
+
+	SpinLockAcquire(&sc_shared->mutex);
+	for (int i = 0; i < sc_shared->num_executor_slots; i++)
+	{
+		ScExecutorSlot *slot = &sc_shared->executors[i];
+
+		if (slot->in_use && !slot->retire && slot->latch != NULL)
+		{
+			slot->retire = true;
+			to_wake[n_wake++] = slot->latch;
+		}
+	}
+	SpinLockRelease(&sc_shared->mutex);
+	set_latches(to_wake, &n_wake);
+}
+
+/*
  * Make sure that executions which may start now have executors of their
  * role: wake the role's executors (an idle one takes the work; a busy one
  * just looks again when done), start new ones while the role has fewer
@@ -644,6 +696,9 @@ manage_executors(List *demand)
 	int			unmet = 0;
 	int			retiring = 0;
 	ListCell   *lc;
+	/* latches to set once the spinlock is released (no system calls under it) */
+	Latch	  **to_wake = palloc(sizeof(Latch *) * sc_shared->num_executor_slots);
+	int			n_wake = 0;
 
 	/* free the slots of executors that stopped (or never started) */
 	for (int i = 0; i < sc_shared->num_executor_slots; i++)
@@ -694,9 +749,10 @@ manage_executors(List *demand)
 		if (slot->idle || slot->latch == NULL)
 			r->available++;
 		if (r->admissible > 0 && slot->latch != NULL)
-			SetLatch(slot->latch);
+			to_wake[n_wake++] = slot->latch;
 	}
 	SpinLockRelease(&sc_shared->mutex);
+	set_latches(to_wake, &n_wake);
 
 	/* the roles served longest ago get free slots first: so they take turns */
 	foreach(lc, demand)
@@ -797,7 +853,7 @@ manage_executors(List *demand)
 			if (victim < 0)
 				break;
 			sc_shared->executors[victim].retire = true;
-			SetLatch(sc_shared->executors[victim].latch);
+			to_wake[n_wake++] = sc_shared->executors[victim].latch;
 			{
 				RoleDemand *r = role_demand(demand, sc_shared->executors[victim].role);
 
@@ -807,6 +863,7 @@ manage_executors(List *demand)
 			unmet--;
 		}
 		SpinLockRelease(&sc_shared->mutex);
+		set_latches(to_wake, &n_wake);
 	}
 }
 
@@ -873,6 +930,8 @@ sc_launcher_main(Datum main_arg)
 			more_fail = more;
 			if (installed)
 				manage_executors(roles);
+			else
+				retire_all_executors();
 			if (installed && GetCurrentTimestamp() >=
 				TimestampTzPlusMilliseconds(last_cleanup, CLEANUP_INTERVAL_MS))
 			{

@@ -219,6 +219,7 @@ bool
 sc_signal_runner(int64 execution_id, bool committing_only)
 {
 	ScProgressSlot *target = NULL;
+	int			target_index = -1;
 	pid_t		pid = 0;
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -231,7 +232,10 @@ sc_signal_runner(int64 execution_id, bool committing_only)
 
 		if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id &&
 			slot->phase != SC_PHASE_EXTERNAL && slot->phase != SC_PHASE_IDLE)
+		{
 			target = slot;
+			target_index = i;
+		}
 	}
 	if (target != NULL && committing_only && target->phase != SC_PHASE_COMMITTING)
 		target = NULL;
@@ -248,10 +252,31 @@ sc_signal_runner(int64 execution_id, bool committing_only)
 			target->stop_for_cancel = true;
 		}
 		pid = target->pid;
-		kill(pid, SIGINT);
 	}
 	SpinLockRelease(&sc_shared->mutex);
-	return pid != 0;
+
+	/* no system call under the spinlock; and never a PID reused since */
+	if (pid == 0 || !sc_progress_slot_owner(target_index, pid))
+		return false;
+	kill(pid, SIGINT);
+	return true;
+}
+
+/*
+ * Whether the backend in progress slot index's place is still the process
+ * pid that filled it in.  A slot keeps its values when its backend dies,
+ * and the pid may since belong to an unrelated process: check before
+ * signalling it.  Not under the spinlock.
+ */
+bool
+sc_progress_slot_owner(int index, pid_t pid)
+{
+	PGPROC	   *proc;
+
+	if (pid == 0 || index < 0 || index >= sc_shared->num_progress_slots)
+		return false;
+	proc = BackendIdGetProc(index + 1);
+	return proc != NULL && proc->pid == pid;
 }
 
 /*
@@ -286,7 +311,6 @@ sc_runner_alive(int64 execution_id)
 	for (int i = 0; i < sc_shared->num_progress_slots; i++)
 	{
 		ScProgressSlot *slot = &sc_shared->progress[i];
-		PGPROC	   *proc;
 		pid_t		pid;
 
 		if ((int64) pg_atomic_read_u64(&slot->execution_id) != execution_id)
@@ -294,8 +318,7 @@ sc_runner_alive(int64 execution_id)
 		SpinLockAcquire(&sc_shared->mutex);
 		pid = slot->pid;
 		SpinLockRelease(&sc_shared->mutex);
-		proc = BackendIdGetProc(i + 1);
-		if (proc != NULL && proc->pid == pid && pid != 0)
+		if (sc_progress_slot_owner(i, pid))
 			return true;
 	}
 	return false;

@@ -149,6 +149,7 @@ extern int	sc_cancel_grace_ms;
 typedef struct ScTransferResult
 {
 	int64		delivery_id;
+	TimestampTz due_at;			/* the delivery's next_attempt_at when it was fetched */
 	bool		ok;				/* 2xx, or the SMTP server accepted it */
 	bool		permanent;		/* do not retry (refused private address) */
 	int			status;			/* HTTP status or SMTP reply code; 0 if none */
@@ -171,6 +172,7 @@ extern void sc_shmem_install_hooks(void);
 extern void sc_publish_latch(ScWakeable *w);
 extern void sc_wake_launcher(void);
 extern void sc_wake_dispatcher(void);
+extern bool sc_progress_slot_owner(int index, pid_t pid);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id, bool committing_only);
 extern bool sc_runner_alive(int64 execution_id);
@@ -250,9 +252,10 @@ extern void sc_transport_shutdown(void);
 extern int	sc_transport_in_flight(void);
 extern bool sc_transport_has(int64 delivery_id);
 extern int	sc_transport_host_count(const char *host);
-extern void sc_transport_add_webhook(int64 delivery_id, const char *host, const char *url,
-									 const char *body, List *headers);
-extern void sc_transport_add_email(int64 delivery_id, const char *to, const char *message);
+extern void sc_transport_add_webhook(int64 delivery_id, TimestampTz due_at, const char *host,
+									 const char *url, const char *body, List *headers);
+extern void sc_transport_add_email(int64 delivery_id, TimestampTz due_at, const char *to,
+								   const char *message);
 extern bool sc_transport_wait(long timeout_ms);
 extern List *sc_transport_take_results(void);
 extern void sc_transport_free_results(List *results);
@@ -270,7 +273,7 @@ extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function
 extern void sc_work_begin(const char *activity);
 extern void sc_work_commit(void);
 extern long sc_stats_nap(long timeout_ms);
-extern bool sc_extension_installed(void);
+extern bool sc_extension_installed(bool wait);
 extern void sc_apply_plan_settings(bool whole_session);
 extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,
 									  Oid *types);

@@ -20,10 +20,12 @@
 
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/lmgr.h"
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
@@ -91,14 +93,34 @@ sc_stats_nap(long timeout_ms)
 }
 
 /*
- * Whether the extension is installed in this database (a worker starts
- * before CREATE EXTENSION and keeps running after DROP EXTENSION).  Inside
- * a transaction.
+ * Whether the extension is installed in this database and usable for the
+ * rest of this transaction (a worker starts before CREATE EXTENSION and
+ * keeps running after DROP EXTENSION).  Called first in every worker
+ * transaction, before any of our tables is touched.
+ *
+ * It holds the extension installed: a share lock on the extension, which
+ * DROP EXTENSION takes exclusively before it locks any of the extension's
+ * tables.  So a DROP waits for the workers' transactions in progress
+ * (a running handler's included) and never deadlocks against one.  While a
+ * DROP waits, this says false at once, or with wait queues behind it (which
+ * cannot deadlock either: this is the transaction's first lock) and says
+ * what the DROP came to.
  */
 bool
-sc_extension_installed(void)
+sc_extension_installed(bool wait)
 {
-	return OidIsValid(get_extension_oid("smartconnector", true));
+	Oid			ext = get_extension_oid("smartconnector", true);
+
+	if (!OidIsValid(ext))
+		return false;
+	if (wait)
+		LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	else if (!ConditionalLockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock))
+		return false;
+	/* the lock processed invalidations: a DROP that committed just before is seen now */
+	if (get_extension_oid("smartconnector", true) != ext)
+		return false;
+	return true;
 }
 
 /*
