@@ -163,3 +163,19 @@ SELECT smartconnector.change_api_name('ext', 'external');
 SELECT smartconnector.drop_api_name_alias('ext');
 DELETE FROM smartconnector.connector WHERE api_name = 'external';
 SELECT count(*) AS executions_left FROM smartconnector.execution WHERE connector_id = :ext_id;
+
+-- a runner whose cancelled execution cleanup() deleted is not stuck
+SELECT smartconnector.create_connector('Ext2', 'ext2', status => 'operational') > 0 AS created;
+SELECT smartconnector.trigger('ext2') AS g1 \gset
+SELECT smartconnector.claim('ext2') = :g1 AS claimed;
+SELECT smartconnector.cancel(:g1);
+SELECT smartconnector.cleanup(clock_timestamp()) > 0 AS history_deleted;
+SELECT smartconnector.finish(:g1);
+SELECT smartconnector.current_execution();
+SELECT smartconnector.trigger('ext2') AS g2 \gset
+SELECT smartconnector.claim('ext2') = :g2 AS claimed;
+SELECT smartconnector.cancel(:g2);
+SELECT smartconnector.cleanup(clock_timestamp()) > 0 AS history_deleted;
+SELECT smartconnector.trigger('ext2') AS g3 \gset
+SELECT smartconnector.claim('ext2') = :g3 AS claimed_after_deleted;
+SELECT smartconnector.finish(:g3);

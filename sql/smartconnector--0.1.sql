@@ -909,6 +909,29 @@ AS 'MODULE_PATHNAME', 'current_execution';
 COMMENT ON FUNCTION smartconnector.current_execution() IS
 	'The execution this session runs (a handler, or an external runner after claim()), or NULL';
 
+CREATE FUNCTION smartconnector.forget_current()
+RETURNS void LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'forget_current';
+
+/* A session's execution cancelled and then deleted by cleanup(): forget it, saying so. */
+CREATE FUNCTION smartconnector.forget_deleted_current()
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mine bigint := smartconnector.current_execution();
+BEGIN
+	IF mine IS NULL OR EXISTS (SELECT 1 FROM smartconnector.execution e WHERE e.id = mine) THEN
+		RETURN false;
+	END IF;
+	PERFORM smartconnector.forget_current();
+	RAISE WARNING 'execution % no longer exists', mine
+		USING DETAIL = 'It was cancelled, and its history was deleted (smartconnector.history_retention or cleanup()) before this session finished it; its report is lost.';
+	RETURN true;
+END
+$$;
+
 CREATE FUNCTION smartconnector.current_execution_info(
 	OUT execution_id bigint, OUT connector_id bigint, OUT diff_check boolean, OUT dry_run boolean)
 RETURNS record LANGUAGE C VOLATILE PARALLEL UNSAFE
@@ -1182,6 +1205,9 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'claim() is for connectors without a handler, run by an external program.';
 	END IF;
+	IF mine IS NOT NULL AND smartconnector.forget_deleted_current() THEN
+		mine := NULL;
+	END IF;
 	IF mine IS NOT NULL THEN
 		RAISE EXCEPTION 'this session already runs execution %', mine
 			USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -1226,6 +1252,9 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = format('Its state is %s.', st),
 				  HINT = 'Only the session that claimed an execution can finish it.';
+	END IF;
+	IF smartconnector.forget_deleted_current() THEN
+		RETURN NULL;
 	END IF;
 	final := smartconnector.complete_current(error, metadata);
 	IF final IS NULL THEN

@@ -49,6 +49,7 @@ PG_FUNCTION_INFO_V1(record);
 PG_FUNCTION_INFO_V1(lock_record);
 PG_FUNCTION_INFO_V1(current_execution);
 PG_FUNCTION_INFO_V1(current_execution_info);
+PG_FUNCTION_INFO_V1(forget_current);
 PG_FUNCTION_INFO_V1(remember_hash);
 PG_FUNCTION_INFO_V1(begin_execution);
 PG_FUNCTION_INFO_V1(complete_current);
@@ -411,6 +412,17 @@ current_execution(PG_FUNCTION_ARGS)
 	if (current == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(current->execution_id);
+}
+
+/*
+ * forget_current() returns void: finish() and claim() forget a session's
+ * execution that no longer exists (cancelled, then deleted by cleanup()).
+ */
+Datum
+forget_current(PG_FUNCTION_ARGS)
+{
+	sc_clear_current();
+	PG_RETURN_VOID();
 }
 
 /*

@@ -212,8 +212,10 @@ sc_my_progress_slot(void)
  * terminates it after that.  An executor on its way to the handler is told
  * to cancel as soon as it gets there.  With committing_only, only an
  * executor committing is interrupted (cancel() does so before it waits for
- * the execution's row, which that commit holds).  Returns whether a signal
- * was sent.
+ * the execution's row, which that commit holds).  An external runner's
+ * session gets the query cancel too, which interrupts the statement it
+ * runs (if idle, PostgreSQL ignores it); nothing else can make it stop.
+ * Returns whether a signal was sent.
  */
 bool
 sc_signal_runner(int64 execution_id, bool committing_only)
@@ -231,7 +233,7 @@ sc_signal_runner(int64 execution_id, bool committing_only)
 		ScProgressSlot *slot = &sc_shared->progress[i];
 
 		if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id &&
-			slot->phase != SC_PHASE_EXTERNAL && slot->phase != SC_PHASE_IDLE)
+			slot->phase != SC_PHASE_IDLE)
 		{
 			target = slot;
 			target_index = i;
@@ -239,6 +241,12 @@ sc_signal_runner(int64 execution_id, bool committing_only)
 	}
 	if (target != NULL && committing_only && target->phase != SC_PHASE_COMMITTING)
 		target = NULL;
+	if (target != NULL && target->phase == SC_PHASE_EXTERNAL)
+	{
+		/* a runner that cancels its own execution is not interrupted */
+		pid = (target->pid == MyProcPid) ? 0 : target->pid;
+		target = NULL;
+	}
 	if (target != NULL && !SC_PHASE_RUNS_USER_CODE(target->phase))
 	{
 		target->cancel_pending = true;

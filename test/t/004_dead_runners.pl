@@ -101,4 +101,18 @@ is($node->safe_psql('postgres', qq{
 	SELECT string_agg(id || ' ' || state, ', ') FROM smartconnector.execution WHERE state IN ('queued', 'running')}),
 	"$after queued", 'nothing is left running; only the external execution waits for a runner');
 
+# --- cancel() interrupts what an external runner is doing ---
+my $runner = $node->background_psql('postgres', on_error_stop => 0);
+is($runner->query_safe(q{SELECT smartconnector.claim('ext')}), $after, 'a runner claimed the queued execution');
+my $runner_pid = $runner->query_safe('SELECT pg_backend_pid()');
+$runner->query_until(qr/sleeping/, "\\echo sleeping\nSELECT pg_sleep(600);\n");
+wait_until($node, "SELECT wait_event = 'PgSleep' FROM pg_stat_activity WHERE pid = $runner_pid",
+	'the runner is busy in a long statement');
+$node->safe_psql('postgres', "SELECT smartconnector.cancel($after)");
+is(state_of($after), 'cancelled: ', 'cancel() ends the external execution at once');
+wait_until($node, "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $runner_pid",
+	'and interrupts the runner\'s statement');
+is($runner->query("SELECT smartconnector.finish($after)"), 'cancelled', 'whose finish() then says cancelled');
+$runner->quit;
+
 done_testing();
