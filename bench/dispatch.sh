@@ -7,12 +7,20 @@
 #    database) posting the same N payloads with the same parallelism;
 #  - the dispatcher draining N pending webhook deliveries (N = 20,000);
 #  - commit-to-receipt latency of single completions on an idle system;
-#  - the dispatcher's RSS before and after MEMORY_N deliveries (100,000).
+#  - the dispatcher's RSS before and after MEMORY_N deliveries (100,000);
+#  - first, on the fresh server: HISTORY_N (4,000) executions run and
+#    delivered one by one, then a burst of REDELIVER_N (3,000) redeliver()
+#    calls in one statement.  The dispatcher keeps its plans for its
+#    lifetime and, in production, makes them on an empty outbox, until an
+#    ANALYZE replans them: this phase runs on such plans (the later phases
+#    TRUNCATE and ANALYZE, which replan).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-20000}
 MEMORY_N=${MEMORY_N:-100000}
+HISTORY_N=${HISTORY_N:-4000}
+REDELIVER_N=${REDELIVER_N:-3000}
 PARALLEL=${PARALLEL:-8}
 
 bench_start "smartconnector.block_private_addresses = off
@@ -29,12 +37,26 @@ SELECT smartconnector.create_connector('Bench', 'bench', status => 'operational'
 	webhook_secret => smartconnector.generate_webhook_secret());
 SQL
 
+# history made as in production, from an empty outbox; then redeliver() a burst of it
+printf "SELECT smartconnector.trigger('bench') AS id \\\\gset\nSELECT smartconnector.claim('bench');\nSELECT smartconnector.finish(:id);\n" > "$BENCH_DIR/stream.sql"
+chmod 644 "$BENCH_DIR/stream.sql"
+bench_pgbench -n -c 1 -t "$HISTORY_N" -f "$BENCH_DIR/stream.sql" >/dev/null 2>&1
+until [[ $(bench_psql -c "SELECT count(*) = $HISTORY_N FROM smartconnector.delivery WHERE state = 'delivered'") == t ]]; do sleep 0.2; done
+bench_psql -c "SELECT count(smartconnector.redeliver(id)) FROM (SELECT id FROM smartconnector.delivery ORDER BY id LIMIT $REDELIVER_N) d" >/dev/null
+until [[ $(bench_psql -c "SELECT count(*) = 0 FROM smartconnector.delivery WHERE state = 'pending'") == t ]]; do sleep 0.2; done
+read -r re_delivered re_rate < <(bench_psql -F ' ' -c "
+	SELECT count(*) FILTER (WHERE state = 'delivered'),
+		   round(count(*) / extract(epoch FROM max(delivered_at) - min(created_at)))
+	  FROM (SELECT * FROM smartconnector.delivery ORDER BY id LIMIT $REDELIVER_N) d")
+
 # N ended executions whose webhooks wait (not yet due) until released at once
 prepare_backlog()
 {
 	local n=$1
 	bench_psql >/dev/null <<SQL
 TRUNCATE smartconnector.execution CASCADE;
+-- one transaction: the dispatcher must not see them due before they are postponed
+BEGIN;
 WITH e AS (
 	INSERT INTO smartconnector.execution
 		(connector_id, state, trigger_type, initiated_by, diff_check, queued_at, started_at, ended_at, records_created, records_total)
@@ -44,6 +66,7 @@ WITH e AS (
 	RETURNING id)
 SELECT count(smartconnector.execution_ended(id)) FROM e;
 UPDATE smartconnector.delivery SET next_attempt_at = now() + interval '1 day';
+COMMIT;
 VACUUM ANALYZE smartconnector.delivery;
 SQL
 }
@@ -109,3 +132,6 @@ printf "%-60s %12s\n" "dispatcher private RSS (RssAnon) before (kB)" "$rss_befor
 printf "%-60s %12s %s\n" "dispatcher private RSS after $MEMORY_N more deliveries (kB)" "$rss_after" \
 	"$(awk -v a="$rss_after" -v b="$rss_before" 'BEGIN {printf "%+d kB", a-b}')"
 printf "%-60s %12s\n" "  ($MEMORY_N-delivery drain rate, deliveries/s)" "$mem_rate"
+printf "%-60s %12s %s\n" "redeliver() burst of $REDELIVER_N, $HISTORY_N of history (deliveries/s)" "$re_rate" \
+	"$(awk -v a="$re_rate" -v b="$rate" 'BEGIN {printf "%.2f of the fresh drain", a/b}')"
+printf "%-60s %12s\n" "  delivered / failed" "$re_delivered / $((REDELIVER_N - re_delivered))"
