@@ -185,6 +185,7 @@ $node->safe_psql('postgres', q{
 	ALTER ROLE regress_conf SET search_path = conf, public;
 	ALTER ROLE regress_conf SET statement_timeout = '300ms';
 	ALTER ROLE regress_conf SET work_mem = '2345kB';
+	ALTER ROLE regress_conf SET synchronous_commit = 'remote_apply';
 	CREATE FUNCTION public.whoami(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 	BEGIN
 		PERFORM pg_sleep(coalesce((ctx -> 'input' ->> 'sleep')::float8, 0));
@@ -192,7 +193,8 @@ $node->safe_psql('postgres', q{
 			'calling_role', smartconnector.calling_role(),
 			'search_path', current_setting('search_path'),
 			'statement_timeout', current_setting('statement_timeout'),
-			'work_mem', current_setting('work_mem'));
+			'work_mem', current_setting('work_mem'),
+			'synchronous_commit', current_setting('synchronous_commit'));
 	END $$;
 	GRANT EXECUTE ON FUNCTION smartconnector.calling_role() TO PUBLIC;
 	SELECT smartconnector.create_connector('Whoami', 'whoami', handler => 'public.whoami(jsonb)',
@@ -200,8 +202,8 @@ $node->safe_psql('postgres', q{
 });
 my $who = run_and_wait($node, 'whoami');
 is(execution_field($node, $who, 'metadata'),
-	'{"work_mem": "2345kB", "search_path": "conf, public", "calling_role": "regress_conf", "current_user": "regress_conf", "session_user": "regress_conf", "statement_timeout": "300ms"}',
-	'session_user, current_user, calling_role() and the role\'s settings are run_as\'s');
+	'{"work_mem": "2345kB", "search_path": "conf, public", "calling_role": "regress_conf", "current_user": "regress_conf", "session_user": "regress_conf", "statement_timeout": "300ms", "synchronous_commit": "remote_apply"}',
+	'session_user, current_user, calling_role() and the role\'s settings (synchronous_commit too) are run_as\'s');
 my $slow = run_and_wait($node, 'whoami', '{"sleep": 3}');
 is(execution_field($node, $slow, "state || ' ' || error"), 'failed canceling statement due to statement timeout',
 	'the role\'s statement_timeout limits the handler');
