@@ -22,6 +22,50 @@
 
 #include "smartconnector.h"
 
+/*
+ * libcurl versions: 7.68 or newer builds (Ubuntu 20.04).  What newer ones
+ * add, and what an older one costs:
+ *  - 7.80 CURLOPT_PREREQFUNCTION, which re-checks the address of a reused
+ *    connection before each request.  Without it, webhooks never reuse a
+ *    connection while smartconnector.block_private_addresses is on, so that
+ *    every request passes the check when its socket is opened (slower);
+ *  - 7.80 curl_url_strerror(), for the detail of a URL curl cannot parse;
+ *  - 7.85 CURLOPT_PROTOCOLS_STR (older: the CURLOPT_PROTOCOLS bitmask).
+ */
+#if LIBCURL_VERSION_NUM < 0x074400
+#error "smartconnector needs libcurl 7.68 or newer"
+#endif
+#define SC_CURL_HAS_PREREQ		(LIBCURL_VERSION_NUM >= 0x075000)
+#define SC_CURL_HAS_URL_STRERROR (LIBCURL_VERSION_NUM >= 0x075000)
+#define SC_CURL_HAS_PROTOCOLS_STR (LIBCURL_VERSION_NUM >= 0x075500)
+
+/* The text of a URL parser error */
+static const char *
+url_error_text(CURLUcode rc)
+{
+#if SC_CURL_HAS_URL_STRERROR
+	return curl_url_strerror(rc);
+#else
+	static char text[32];
+
+	snprintf(text, sizeof(text), "URL error %d", (int) rc);
+	return text;
+#endif
+}
+
+/* Allow only these protocols on a transfer: "http,https" or "smtp,smtps" */
+static void
+allow_protocols(CURL *easy, bool web)
+{
+#if SC_CURL_HAS_PROTOCOLS_STR
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, web ? "http,https" : "smtp,smtps");
+#else
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS,
+					 web ? (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS) :
+					 (long) (CURLPROTO_SMTP | CURLPROTO_SMTPS));
+#endif
+}
+
 PG_FUNCTION_INFO_V1(check_webhook_url);
 
 /* What curl_url told us about a URL, copied out of curl's memory */
@@ -125,7 +169,7 @@ check_webhook_url(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("libcurl cannot parse it: %s.", curl_url_strerror(parsed.rc)),
+				 errdetail("libcurl cannot parse it: %s.", url_error_text(parsed.rc)),
 				 errhint("Give an absolute URL such as https://example.com/hooks/smartconnector.")));
 
 	if (parsed.scheme == NULL ||
@@ -225,8 +269,10 @@ static int	socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 static int	timer_cb(CURLM *m, long timeout_ms, void *userp);
 static curl_socket_t open_socket_cb(void *clientp, curlsocktype purpose,
 									struct curl_sockaddr *address);
+#if SC_CURL_HAS_PREREQ
 static int	prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
 					  int conn_primary_port, int conn_local_port);
+#endif
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp);
 static size_t header_cb(char *data, size_t size, size_t nmemb, void *userp);
 static size_t read_cb(char *buffer, size_t size, size_t nitems, void *userp);
@@ -700,6 +746,7 @@ close_socket_cb(void *clientp, curl_socket_t fd)
 	return rc;
 }
 
+#if SC_CURL_HAS_PREREQ
 /*
  * curl's pre-request callback: a reused connection opens no socket, so the
  * address it is connected to is checked again before every request.
@@ -726,6 +773,7 @@ prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
 	}
 	return CURL_PREREQFUNC_OK;
 }
+#endif
 
 /*
  * Keep the first SC_MAX_STORED_RESPONSE bytes of a response; accept the rest.
@@ -835,8 +883,13 @@ new_transfer(int64 delivery_id, TimestampTz due_at, const char *host, bool is_we
 	curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
 	curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, NULL);
+#if SC_CURL_HAS_PREREQ
 	curl_easy_setopt(t->easy, CURLOPT_PREREQFUNCTION, prereq_cb);
 	curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, t);
+#else
+	if (is_webhook && sc_block_private_addresses)
+		curl_easy_setopt(t->easy, CURLOPT_FORBID_REUSE, 1L);
+#endif
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);
@@ -864,7 +917,7 @@ sc_transport_add_webhook(int64 delivery_id, TimestampTz due_at, const char *host
 	built = built && append_line(&t->headers, "Expect:");
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, url);
-	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	allow_protocols(t->easy, true);
 	curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, copy);
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(copy));
@@ -892,7 +945,7 @@ sc_transport_add_email(int64 delivery_id, TimestampTz due_at, const char *to,
 	built = append_line(&t->recipients, rcpt);
 
 	curl_easy_setopt(t->easy, CURLOPT_URL, sc_smtp_url);
-	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+	allow_protocols(t->easy, false);
 	curl_easy_setopt(t->easy, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(t->easy, CURLOPT_MAIL_RCPT, t->recipients);
 	curl_easy_setopt(t->easy, CURLOPT_UPLOAD, 1L);

@@ -44,11 +44,33 @@ sc_install_packages()
 sc_build_install()
 {
 	local src=$1
-	make -C "$src" -s -j2 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config >/dev/null
+	# CI (SC_WERROR=1, set by .ci/run) treats warnings as errors; users' builds do not
+	make -C "$src" -s -j2 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config \
+		${SC_WERROR:+COPT=-Werror} >/dev/null
 	if [[ $(id -u) -eq 0 ]]; then
 		make -C "$src" -s install PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config >/dev/null
 	else
 		sudo make -C "$src" -s install PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config >/dev/null
+	fi
+}
+
+# The library exports only what PostgreSQL looks up by name (the module
+# magic, _PG_init, SQL-callable functions and their pg_finfo_ records) and
+# symbols prefixed sc_ (our workers' entry points and shared internals), so
+# that it cannot clash with another extension's symbols.
+sc_check_exports()
+{
+	local lib=$1 syms bad=""
+	syms=$(nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBR]$/ {print $3}')
+	for s in $syms; do
+		case $s in
+			sc_* | pg_finfo_* | _PG_init | Pg_magic_func | _init | _fini) ;;
+			*) grep -qx "pg_finfo_$s" <<<"$syms" || bad="$bad $s" ;;
+		esac
+	done
+	if [[ -n $bad ]]; then
+		echo "smartconnector.so exports symbols without the sc_ prefix:$bad" >&2
+		return 1
 	fi
 }
 
