@@ -406,7 +406,7 @@ run_execution(int64 execution_id)
 		if (!sc_extension_installed(true))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("extension \"smartconnector\" was dropped")));
+					 errmsg("extension \"smartconnector\" was dropped or is not at version %s", SC_VERSION)));
 		sc_privileged_begin(&priv);
 		if (!load_exec_info(execution_id, &info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
@@ -486,7 +486,7 @@ run_execution(int64 execution_id)
 		if (!sc_extension_installed(true))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("extension \"smartconnector\" was dropped")));
+					 errmsg("extension \"smartconnector\" was dropped or is not at version %s", SC_VERSION)));
 		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info.connector_id, info.diff_check,

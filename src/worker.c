@@ -20,7 +20,15 @@
 
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -104,8 +112,11 @@ sc_stats_nap(long timeout_ms)
  * (a running handler's included) and never deadlocks against one.  While a
  * DROP waits, this says false at once, or with wait queues behind it (which
  * cannot deadlock either: this is the transaction's first lock) and says
- * what the DROP came to.
+ * what the DROP came to.  False too while the installed version is not
+ * the one this library speaks (schema_spoken()).
  */
+static bool schema_spoken(Oid ext);
+
 bool
 sc_extension_installed(bool wait)
 {
@@ -120,7 +131,58 @@ sc_extension_installed(bool wait)
 	/* the lock processed invalidations: a DROP that committed just before is seen now */
 	if (get_extension_oid("smartconnector", true) != ext)
 		return false;
-	return true;
+	return schema_spoken(ext);
+}
+
+/*
+ * Whether the installed extension's version is the one this library's
+ * workers speak.  After a package upgrade the new library runs before
+ * anyone has run ALTER EXTENSION smartconnector UPDATE: the workers then
+ * wait (say once, per process, why) and resume when the versions agree.
+ */
+static bool
+schema_spoken(Oid ext)
+{
+	static bool skew_logged = false;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (version != NULL && strcmp(version, SC_VERSION) == 0)
+	{
+		if (skew_logged)
+			ereport(LOG,
+					(errmsg("smartconnector extension version %s is installed: resuming", version)));
+		skew_logged = false;
+		return true;
+	}
+	if (!skew_logged)
+		ereport(LOG,
+				(errmsg("smartconnector library %s waits: the database has extension version %s",
+						SC_VERSION, version ? version : "(unknown)"),
+				 errhint("Run ALTER EXTENSION smartconnector UPDATE in database \"%s\".",
+						 get_database_name(MyDatabaseId))));
+	skew_logged = true;
+	return false;
 }
 
 /*

@@ -91,4 +91,27 @@ wait_until($node, "SELECT state = 'delivered' FROM smartconnector.delivery WHERE
 $log = slurp_file($node->logfile, $log_at);
 unlike($log, qr/ERROR/, 'without errors in the log');
 
+# --- version skew: a new library before ALTER EXTENSION UPDATE (simulated) ---
+$log_at = -s $node->logfile;
+my $version = $node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'smartconnector'});
+$node->safe_psql('postgres', q{UPDATE pg_extension SET extversion = '0.0' WHERE extname = 'smartconnector'});
+my @waiting = split /\n/, $node->safe_psql('postgres', q{
+	SELECT smartconnector.trigger('quick') FROM generate_series(1, 5)});
+wait_until($node, q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'smartconnector executor'},
+	'with an extension version the library does not speak, the executors exit');
+$node->wait_for_log(qr/smartconnector library [0-9.]+ waits: the database has extension version 0\.0/, $log_at);
+$node->safe_psql('postgres', q{SELECT smartconnector.trigger('quick')}) for 1 .. 3;	# wake the launcher again
+is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.execution WHERE id IN (" . join(',', @waiting) . ") AND state = 'queued'"),
+	'5', 'and nothing runs');
+$log = slurp_file($node->logfile, $log_at);
+my $said = () = $log =~ /waits: the database has extension version/g;
+ok($said >= 1 && $said <= 2, "the launcher and the dispatcher said why once each ($said lines), not at every pass");
+unlike($log, qr/ERROR/, 'and nothing failed');
+$node->safe_psql('postgres', qq{
+	UPDATE pg_extension SET extversion = '$version' WHERE extname = 'smartconnector';
+	SELECT smartconnector.wake_at_commit();});
+wait_until($node, "SELECT count(*) = 5 FROM smartconnector.execution WHERE id IN (" . join(',', @waiting) . ") AND state = 'success'",
+	'once the versions agree again, the queued executions run');
+$node->wait_for_log(qr/smartconnector extension version \Q$version\E is installed: resuming/, $log_at);
+
 done_testing();
