@@ -47,6 +47,11 @@ EXTRA_CLEAN = tmp_check tmp_check_regress results regression.diffs regression.ou
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# A VPATH build (pg_buildext builds in build-<version>/) writes src/*.o there
+ifdef VPATH
+$(shell mkdir -p src)
+endif
+
 # PGXS tracks no header dependencies: every object depends on the shared header
 $(OBJS): $(srcdir)/src/smartconnector.h
 

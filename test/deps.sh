@@ -1,4 +1,4 @@
-# test/deps.sh: sourced by test/run and demo/run.
+# test/deps.sh: sourced by test/run, test/package.sh and demo/run.
 #
 # sc_install_packages installs, from Debian 12's own repositories, what
 # smartconnector needs to build, test and demonstrate itself, and skips
@@ -7,7 +7,8 @@
 # demo bring their own throwaway cluster.
 
 SC_PACKAGES=(
-	build-essential pkg-config perl procps
+	build-essential pkg-config perl procps binutils
+	debhelper dpkg-dev postgresql-server-dev-all
 	postgresql-15 postgresql-server-dev-15 postgresql-15-cron
 	libcurl4-openssl-dev
 	libipc-run-perl
