@@ -111,6 +111,24 @@ SELECT state, ended_at IS NOT NULL AS ended, metadata ? 'cancelled_by' AS who_re
   FROM smartconnector.execution WHERE id = :e6;
 SELECT smartconnector.cancel(:e6);
 SELECT smartconnector.cancel(0);
+-- every function taking an execution id says so for an unknown one (42704), none answers "nothing"
+SELECT * FROM smartconnector.output_report(0);
+SELECT smartconnector.output_report_url(0);
+SELECT smartconnector.execution_metadata(0);
+SELECT smartconnector.finish(0);
+SELECT smartconnector.redeliver(0);
+DO $$
+DECLARE
+	f text;
+BEGIN
+	FOREACH f IN ARRAY ARRAY['output_report', 'output_report_url', 'execution_metadata', 'finish', 'cancel'] LOOP
+		BEGIN
+			EXECUTE format('SELECT smartconnector.%I(0)', f);
+		EXCEPTION WHEN undefined_object THEN
+			RAISE NOTICE '%: 42704', f;
+		END;
+	END LOOP;
+END $$;
 -- a running external execution ends cancelled at once; its runner learns at finish
 SELECT smartconnector.trigger('ext') AS e7 \gset
 SELECT smartconnector.claim('ext') = :e7 AS claimed;

@@ -1343,32 +1343,58 @@ COMMENT ON FUNCTION smartconnector.cancel(bigint) IS
 
 /* ---- reading results ---- */
 
+/*
+ * Every function that takes an execution id raises 42704 for one that does
+ * not exist (never existed, or deleted with the history), as cancel(),
+ * finish() and redeliver() do, rather than answer "nothing".
+ */
+CREATE FUNCTION smartconnector.require_execution(execution_id bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM smartconnector.execution e WHERE e.id = require_execution.execution_id) THEN
+		RAISE EXCEPTION 'execution % does not exist', execution_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Ended executions are deleted after smartconnector.history_retention.';
+	END IF;
+END
+$$;
+
 CREATE FUNCTION smartconnector.output_report(execution_id bigint)
 RETURNS TABLE (record_key text, action text, detail text)
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT r.record_key, r.action, r.detail
-	  FROM smartconnector.execution_record r
-	 WHERE r.execution_id = $1
-	 ORDER BY r.seq
+BEGIN
+	PERFORM smartconnector.require_execution(output_report.execution_id);
+	RETURN QUERY
+		SELECT r.record_key, r.action, r.detail
+		  FROM smartconnector.execution_record r
+		 WHERE r.execution_id = output_report.execution_id
+		 ORDER BY r.seq;
+END
 $$;
 COMMENT ON FUNCTION smartconnector.output_report(bigint) IS
 	'The output report of an execution: one row per recorded record, in order';
 
 CREATE FUNCTION smartconnector.output_report_url(execution_id bigint)
 RETURNS text
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT NULLIF(replace(replace(pg_catalog.current_setting('smartconnector.report_url_template'),
-								  '{execution_id}', e.id::text),
-						  '{api_name}', c.api_name), '')
-	  FROM smartconnector.execution e
-	  JOIN smartconnector.connector c ON c.id = e.connector_id
-	 WHERE e.id = $1
+BEGIN
+	PERFORM smartconnector.require_execution(output_report_url.execution_id);
+	RETURN (SELECT NULLIF(replace(replace(pg_catalog.current_setting('smartconnector.report_url_template'),
+										  '{execution_id}', e.id::text),
+								  '{api_name}', c.api_name), '')
+			  FROM smartconnector.execution e
+			  JOIN smartconnector.connector c ON c.id = e.connector_id
+			 WHERE e.id = output_report_url.execution_id);
+END
 $$;
 COMMENT ON FUNCTION smartconnector.output_report_url(bigint) IS
 	'Download URL of an execution''s output report, from smartconnector.report_url_template (NULL when unset)';
@@ -1503,16 +1529,19 @@ $$;
  */
 CREATE FUNCTION smartconnector.execution_metadata(execution_id bigint)
 RETURNS jsonb
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce((SELECT d.payload FROM smartconnector.delivery d
-					  WHERE d.execution_id = e.id ORDER BY d.id LIMIT 1),
-					smartconnector.event(e, c))
-	  FROM smartconnector.execution e
-	  JOIN smartconnector.connector c ON c.id = e.connector_id
-	 WHERE e.id = $1
+BEGIN
+	PERFORM smartconnector.require_execution(execution_metadata.execution_id);
+	RETURN (SELECT coalesce((SELECT d.payload FROM smartconnector.delivery d
+							  WHERE d.execution_id = e.id ORDER BY d.id LIMIT 1),
+							smartconnector.event(e, c))
+			  FROM smartconnector.execution e
+			  JOIN smartconnector.connector c ON c.id = e.connector_id
+			 WHERE e.id = execution_metadata.execution_id);
+END
 $$;
 COMMENT ON FUNCTION smartconnector.execution_metadata(bigint) IS
 	'The completion event of an execution: exactly the body posted to its webhook (as sent, once it was sent)';
