@@ -96,6 +96,7 @@ SELECT notification_email, error_notification_email FROM smartconnector.connecto
 UPDATE smartconnector.connector SET notification_email = 'a@example.com, b@example.com' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET notification_email = 'a@example.com;b@example.com' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET notification_email = 'Ops Team <ops@example.com>' WHERE api_name = 'orders';
+UPDATE smartconnector.connector SET notification_email = ' ops@example.com' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET notification_email = E'ops@example.com\r\nBcc: victim@example.com' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET error_notification_email = 'ops.example.com' WHERE api_name = 'orders';
 UPDATE smartconnector.connector SET error_notification_email = 'ops@@example.com' WHERE api_name = 'orders';

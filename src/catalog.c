@@ -91,6 +91,9 @@ email_problem(const char *addr)
 	int			labels = 0;
 	bool		last_label_numeric = true;
 
+	if (len > 0 && (addr[0] == ' ' || addr[0] == '\t' ||
+					addr[len - 1] == ' ' || addr[len - 1] == '\t'))
+		return "The address begins or ends with white space; remove it.";
 	for (const char *p = addr; *p; p++)
 	{
 		unsigned char c = (unsigned char) *p;
