@@ -197,3 +197,18 @@ SELECT smartconnector.cleanup(clock_timestamp()) > 0 AS history_deleted;
 SELECT smartconnector.trigger('ext2') AS g3 \gset
 SELECT smartconnector.claim('ext2') = :g3 AS claimed_after_deleted;
 SELECT smartconnector.finish(:g3);
+
+-- trigger() says why a new execution cannot start now
+SELECT smartconnector.create_connector('Why', 'why', status => 'operational',
+	max_concurrent_executions => 0) > 0 AS created;
+SELECT smartconnector.trigger('why') > 0 AS queued_while_paused;
+SELECT smartconnector.set_max_concurrent_executions('why', 1);
+SELECT smartconnector.claim('why') IS NOT NULL AS claimed;
+SELECT smartconnector.trigger('why') > 0 AS queued_at_the_limit;
+SELECT smartconnector.finish(smartconnector.current_execution());
+-- a limit above the executor pool, for a connector with a handler
+SELECT smartconnector.set_max_concurrent_executions('with_handler', 50);
+SELECT smartconnector.set_max_concurrent_executions('with_handler', 1);
+SELECT count(smartconnector.cancel(e.id)) AS cancelled FROM smartconnector.execution e
+  JOIN smartconnector.connector c ON c.id = e.connector_id WHERE c.api_name = 'why' AND e.state = 'queued';
+DELETE FROM smartconnector.connector WHERE api_name = 'why';

@@ -484,6 +484,19 @@ BEGIN
 			PERFORM smartconnector.wake_at_commit();
 		END IF;
 	END IF;
+	/* a limit that cannot be reached, or that lets runs overlap: say so when it is set */
+	IF NOT restoring AND NEW.max_concurrent_executions > 1
+	   AND (is_insert OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions) THEN
+		IF NEW.handler IS NOT NULL AND NEW.max_concurrent_executions >
+		   pg_catalog.current_setting('smartconnector.max_workers')::integer THEN
+			RAISE NOTICE 'connector "%" may run % executions at once, but the executor pool has % slots',
+				NEW.api_name, NEW.max_concurrent_executions,
+				pg_catalog.current_setting('smartconnector.max_workers')
+				USING HINT = 'The pool is shared by all connectors; raise smartconnector.max_workers (restart) to run more at once.';
+		END IF;
+		RAISE NOTICE 'executions of connector "%" may now run in parallel', NEW.api_name
+			USING HINT = 'Runs that write the same records must serialise on them with smartconnector.lock_record(key).';
+	END IF;
 	RETURN NEW;
 END
 $$;
@@ -1053,16 +1066,57 @@ $$;
  * id at once.  A connector that may not execute still queues; nothing is
  * admitted until its status is executable again.
  */
+/*
+ * Queue an execution for the caller, and say with a NOTICE when it cannot
+ * start now, and why: the connector's status, a limit of 0, the limit
+ * reached, or every executor busy.
+ */
 CREATE FUNCTION smartconnector.trigger_impl(api_name text, input jsonb,
 									   disable_diff_check boolean,
 									   dry_run boolean)
 RETURNS bigint
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT smartconnector.enqueue(smartconnector.connector_id($1), $2, $3, $4,
-		smartconnector.caller_trigger_type(), smartconnector.calling_role())
+DECLARE
+	cid bigint := smartconnector.connector_id(trigger_impl.api_name);
+	new_id bigint;
+	c record;
+	running integer;
+	busy integer;
+BEGIN
+	new_id := smartconnector.enqueue(cid, trigger_impl.input, trigger_impl.disable_diff_check,
+									 trigger_impl.dry_run, smartconnector.caller_trigger_type(),
+									 smartconnector.calling_role());
+	SELECT x.api_name, x.status, x.max_concurrent_executions AS max, x.handler INTO c
+	  FROM smartconnector.connector x WHERE x.id = cid;
+	IF c.status NOT IN ('operational', 'need_attention') THEN
+		RAISE NOTICE 'execution % waits: connector "%" is %', new_id, c.api_name, c.status
+			USING HINT = 'Only operational and need_attention connectors execute; it runs once the status is set to operational.';
+		RETURN new_id;
+	END IF;
+	IF c.max = 0 THEN
+		RAISE NOTICE 'execution % waits: connector "%" is paused (max_concurrent_executions is 0)', new_id, c.api_name
+			USING HINT = format('smartconnector.set_max_concurrent_executions(%L, 1) lets it run.', c.api_name);
+		RETURN new_id;
+	END IF;
+	SELECT count(*) INTO running FROM smartconnector.execution e
+	 WHERE e.connector_id = cid AND e.state = 'running';
+	IF running >= c.max THEN
+		RAISE NOTICE 'execution % waits: connector "%" already runs % of at most % executions', new_id,
+			c.api_name, running, c.max;
+		RETURN new_id;
+	END IF;
+	IF c.handler IS NOT NULL THEN
+		SELECT count(*) INTO busy FROM smartconnector.executor_slots() s WHERE s.state = 'busy';
+		IF busy >= pg_catalog.current_setting('smartconnector.max_workers')::integer THEN
+			RAISE NOTICE 'execution % waits for an executor: all % are busy', new_id, busy
+				USING HINT = 'The pool (smartconnector.max_workers) is shared by all connectors; the next free executor takes it.';
+		END IF;
+	END IF;
+	RETURN new_id;
+END
 $$;
 CREATE FUNCTION smartconnector.trigger(api_name text, input jsonb DEFAULT '{}',
 									   disable_diff_check boolean DEFAULT false,

@@ -143,7 +143,7 @@ $holder->quit;
 # --- (e) a session changing a connector's settings, its transaction left
 # open, holds up that connector only: executors pass over it ---
 $holder = $node->background_psql('postgres');
-$holder->query_safe(q{BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 2 WHERE api_name = 'a'});
+$holder->query_safe(q{SET client_min_messages = warning; BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 2 WHERE api_name = 'a'});
 my $held_a = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('a')});
 @bs = split /\n/, $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b') FROM generate_series(1, 3)});
 wait_until($node, "SELECT count(*) = 3 FROM smartconnector.execution WHERE id IN (" . join(',', @bs) . ") AND state = 'success'",

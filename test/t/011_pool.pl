@@ -53,7 +53,10 @@ wait_until($node, "SELECT count(*) = 2 FROM smartconnector.execution WHERE id IN
 	'the first two of A run, in both slots of the pool');
 is($node->safe_psql('postgres', q{SELECT string_agg(role || ' ' || state, ', ' ORDER BY slot) FROM smartconnector.executors}),
 	'regress_a busy, regress_a busy', 'the pool shows two busy executors of A');
-my $b = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b')});
+my $b;
+($ret, $b, $err) = $node->psql('postgres', q{SELECT smartconnector.trigger('b')});
+like($err, qr/NOTICE:  execution $b waits for an executor: all 2 are busy/,
+	'trigger() says that the new execution waits for an executor, and why');
 wait_until($node, q{SELECT count(*) = 1 FROM smartconnector.executors WHERE state = 'retiring'},
 	'B has work and no slot: an executor of A, over its share, is asked to make room');
 $holder->query_safe('SELECT pg_advisory_unlock(501)');
@@ -105,7 +108,7 @@ my $stuck_pid = $stuck->query_safe('SELECT pg_backend_pid()');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($stuck_pid)");
 $stuck->{run}->kill_kill;
 my $open = $node->background_psql('postgres');
-$open->query_safe(q{BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 3 WHERE api_name = 'ext'});
+$open->query_safe(q{SET client_min_messages = warning; BEGIN; UPDATE smartconnector.connector SET max_concurrent_executions = 3 WHERE api_name = 'ext'});
 wait_until($node, q{SELECT count(*) = 0 FROM smartconnector.executors WHERE role = 'regress_b'},
 	'no executor of B is left: only the launcher can start one');
 my $bb = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('b')});

@@ -43,7 +43,7 @@ my $a1 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('a')});
 $runner->query_safe(q{SELECT smartconnector.claim('a')});
 my $rpid = $runner->query_safe('SELECT pg_backend_pid()');
 my $op = $node->background_psql('postgres');
-$op->query_safe(q{BEGIN; SELECT smartconnector.set_max_concurrent_executions('a', 2)});
+$op->query_safe(q{SET client_min_messages = warning; BEGIN; SELECT smartconnector.set_max_concurrent_executions('a', 2)});
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($rpid)");
 b_runs('an open settings change of a, a dead runner of a: b still runs');
 $op->query_safe('COMMIT');
