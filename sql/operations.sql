@@ -63,6 +63,12 @@ SELECT smartconnector.set_status('extract', 'operational');
 SELECT smartconnector.trigger('load') AS l1 \gset
 SELECT api_name, name, status, max_concurrent, queued, running, last_state, failures_24h, schedule, next_run
   FROM smartconnector.overview WHERE api_name IN ('extract', 'transform', 'load');
+-- what the oldest queued execution waits for, and failed deliveries
+SELECT api_name, queued, waiting_for, failed_deliveries, last_delivery_error
+  FROM smartconnector.overview WHERE api_name IN ('extract', 'transform', 'load');
+SELECT smartconnector.set_max_concurrent_executions('load', 0);
+SELECT api_name, queued, waiting_for FROM smartconnector.overview WHERE api_name = 'load';
+SELECT smartconnector.set_max_concurrent_executions('load', 1);
 SELECT id = :x2 AS newest_is_x2, api_name, state, trigger_type, waited >= '0'::interval AS waited,
        took >= '0'::interval AS took, created, failed, total, error
   FROM smartconnector.recent_executions LIMIT 1 OFFSET 1;

@@ -1634,6 +1634,9 @@ CREATE TABLE smartconnector.delivery (
 CREATE INDEX delivery_pending_idx ON smartconnector.delivery (next_attempt_at, id)
 	WHERE state = 'pending';
 CREATE INDEX delivery_execution_idx ON smartconnector.delivery (execution_id);
+/* the overview's failed deliveries per connector */
+CREATE INDEX delivery_failed_idx ON smartconnector.delivery (connector_id, last_attempt_at)
+	WHERE state = 'failed';
 COMMENT ON TABLE smartconnector.delivery IS
 	'Completion webhooks and emails: queued with the completion, sent and retried by the dispatcher';
 COMMENT ON COLUMN smartconnector.delivery.webhook_id IS
@@ -2001,15 +2004,34 @@ CREATE VIEW smartconnector.overview AS
 			 WHERE e.connector_id = c.id AND e.state = 'failed'
 			   AND e.ended_at > pg_catalog.now() - interval '24 hours') AS failures_24h,
 		   s.schedule,
-		   s.next_run
+		   s.next_run,
+		   /* what the oldest queued execution waits for (NULL: nothing queued) */
+		   CASE WHEN NOT EXISTS (SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = c.id) THEN NULL
+				WHEN c.status NOT IN ('operational', 'need_attention') THEN 'status ' || c.status::text
+				WHEN c.max_concurrent_executions = 0 THEN 'limit 0 (paused)'
+				WHEN (SELECT count(*) FROM smartconnector.execution e
+					   WHERE e.connector_id = c.id AND e.state = 'running') >= c.max_concurrent_executions
+				THEN 'limit (' || c.max_concurrent_executions || ' running)'
+				WHEN c.handler IS NULL THEN 'an external runner (claim())'
+				WHEN (SELECT count(*) FROM smartconnector.executor_slots() x WHERE x.state = 'busy')
+					 >= pg_catalog.current_setting('smartconnector.max_workers')::integer
+				THEN 'the executor pool (all busy)'
+				ELSE 'an executor to admit it' END AS waiting_for,
+		   fd.failed_deliveries,
+		   fd.last_delivery_error
 	  FROM smartconnector.connector c
 	  LEFT JOIN LATERAL (SELECT e.id, e.state, e.ended_at FROM smartconnector.execution e
 						  WHERE e.connector_id = c.id AND e.state NOT IN ('queued', 'running')
 						  ORDER BY e.id DESC LIMIT 1) last ON true
 	  LEFT JOIN smartconnector.schedules() s ON s.connector_id = c.id
+	  LEFT JOIN LATERAL (SELECT count(*) AS failed_deliveries,
+								(array_agg(left(d.last_error, 200) ORDER BY d.last_attempt_at DESC))[1]
+									AS last_delivery_error
+						   FROM smartconnector.delivery d
+						  WHERE d.connector_id = c.id AND d.state = 'failed') fd ON true
 	 ORDER BY c.api_name;
 COMMENT ON VIEW smartconnector.overview IS
-	'Per connector: status, limit, queued and running, last execution, failures in 24 h, schedule and next run';
+	'Per connector: status, limit, queued and running, last execution, failures in 24 h, schedule and next run, what the oldest queued execution waits for, failed deliveries and the latest one''s error';
 
 CREATE VIEW smartconnector.recent_executions AS
 	SELECT e.id, c.api_name, e.state, e.trigger_type, e.initiated_by,

@@ -179,6 +179,9 @@ wait_until($node, "SELECT state = 'failed' FROM smartconnector.delivery WHERE ex
 	'after the retry schedule the delivery fails');
 is(delivery($broken, "attempts || ' ' || last_status || ' ' || last_error"), '4 500 HTTP status 500',
 	'one attempt plus three retries, with the last status and error');
+is($node->safe_psql('postgres', q{
+	SELECT failed_deliveries || ' ' || last_delivery_error FROM smartconnector.overview WHERE api_name = 'broken'}),
+	'1 HTTP status 500', 'the overview counts the failed delivery and shows its error');
 wait_until($node, "SELECT state = 'failed' FROM smartconnector.delivery WHERE execution_id = $moved AND channel = 'webhook'",
 	'a redirect is a failed attempt');
 is(delivery($moved, 'last_status'), '302', 'its status is recorded');
