@@ -56,6 +56,11 @@ RESET ROLE;
 -- A handler: any function taking one jsonb. This one "loads" three records.
 CREATE FUNCTION public.load_orders(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
+	IF ctx -> 'input' ? 'shop_down' THEN
+		PERFORM smartconnector.record('order-1', 'failed', 'connection refused');
+		RAISE EXCEPTION 'could not read orders: the shop database refused the connection'
+			USING HINT = 'Check that shop-db is up.';
+	END IF;
 	FOR i IN 1 .. 3 LOOP
 		PERFORM smartconnector.record(format('order-%s-%s', ctx ->> 'execution_id', i),
 		                              CASE WHEN i = 3 THEN 'updated' ELSE 'created' END);
@@ -117,6 +122,22 @@ SELECT execution_id, channel, target, reason, state, attempts, last_status,
 SELECT channel, count(*), count(*) FILTER (WHERE state = 'delivered') AS delivered,
        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) AS median_latency_ms
   FROM smartconnector.delivery GROUP BY channel;
+
+-- ======================================================================
+-- A failure: the run fails, the connector needs attention, on-call is told
+-- ======================================================================
+SELECT smartconnector.trigger('orders_to_warehouse', '{"shop_down": true}') AS failed_id \gset
+SELECT pg_temp.wait_for(format($$SELECT count(*) = 4 FROM smartconnector.delivery
+                                 WHERE execution_id = %s AND state <> 'pending'$$, :failed_id));
+SELECT id, state, records_failed, error FROM smartconnector.execution WHERE id = :failed_id;
+SELECT * FROM smartconnector.output_report(:failed_id);
+-- A failure moves an operational connector to "Operational - Needs Attention" (it still runs).
+SELECT status FROM smartconnector.connector WHERE api_name = 'orders_to_warehouse';
+-- The webhook says "failed"; the error address is emailed as well as the others.
+SELECT channel, target, reason, state, last_status
+  FROM smartconnector.delivery WHERE execution_id = :failed_id ORDER BY channel, target;
+-- Once the cause is fixed, an operator sets it back.
+SELECT smartconnector.set_status('orders_to_warehouse', 'operational');
 
 -- ======================================================================
 -- Schedules, chaining and the overview
