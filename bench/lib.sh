@@ -28,6 +28,8 @@ shared_buffers = 256MB
 max_worker_processes = 16
 shared_preload_libraries = 'smartconnector'
 smartconnector.database_name = 'postgres'
+# benchmark clients read no NOTICEs (trigger() says why a run waits)
+client_min_messages = warning
 $extra_conf
 CONF
 	sc_as_postgres pg_ctl -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w start >/dev/null
