@@ -92,8 +92,10 @@ wait_until($node, q{SELECT count(*) = 1 FROM smartconnector.executors WHERE stat
 $holder->query_safe('SELECT pg_advisory_unlock(601)');
 wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $d",
 	'D runs as soon as an execution in progress ends');
-is($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.execution WHERE id IN ("
-	. join(',', @ab) . ") AND state = 'queued'"), '3', 'while A\'s and B\'s backlogs wait');
+# (counted at D's start: once D has run, its slot may rightly go back to A or B)
+ok($node->safe_psql('postgres', "SELECT count(*) FROM smartconnector.execution WHERE id IN ("
+	. join(',', @ab) . ") AND (started_at IS NULL OR started_at > (SELECT started_at FROM smartconnector.execution WHERE id = $d))") >= 3,
+	'while A\'s and B\'s backlogs wait: at least three of them start after D');
 $holder->query_safe('SELECT pg_advisory_unlock(602)');
 wait_until($node, "SELECT count(*) = 6 FROM smartconnector.execution WHERE id IN (" . join(',', @ab) . ") AND state = 'success'",
 	'then the backlogs drain');
