@@ -133,6 +133,22 @@ SELECT p.proname, p.prosecdef AS entry_definer, i.prosecdef AS impl_definer,
                 AND i.proargtypes = p.proargtypes
  WHERE p.pronamespace = 'smartconnector'::regnamespace AND p.prosrc = 'sc_entry'
  ORDER BY 1;
+-- no internal function (one without a COMMENT: admission locks, wakeups,
+-- the session's current execution, e.g. forget_current()) is executable by
+-- PUBLIC, so neither a handler nor a runner can reach it
+SELECT p.oid::regprocedure AS internal_public_executable
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'smartconnector'
+ WHERE has_function_privilege('public', p.oid, 'EXECUTE')
+   AND obj_description(p.oid, 'pg_proc') IS NULL
+ ORDER BY 1;
+-- e.g. a runner cannot drop its claim, nor a session take admission locks or wake workers
+SET ROLE regress_nobody;
+SELECT smartconnector.forget_current();
+SELECT smartconnector.forget_deleted_current();
+SELECT smartconnector.lock_admissions(1);
+SELECT smartconnector.require_execution(1);
+RESET ROLE;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants
  WHERE table_schema = 'smartconnector' AND grantee = 'PUBLIC';
