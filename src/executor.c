@@ -107,6 +107,7 @@ static int64 admit_next(void);
 static bool load_exec_info(int64 execution_id, ExecInfo *info);
 static char *call_handler(ExecInfo *info);
 static void run_execution(int64 execution_id);
+static void require_extension(void);
 
 /*
  * Hold off query cancel: only a running handler may be interrupted.  An
@@ -383,6 +384,19 @@ call_handler(ExecInfo *info)
 }
 
 /*
+ * In a transaction of an admitted execution: hold the extension installed
+ * (waiting for a DROP EXTENSION in progress), or fail if it is gone.
+ */
+static void
+require_extension(void)
+{
+	if (!sc_extension_installed(true))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"smartconnector\" was dropped or is not at version %s", SC_VERSION)));
+}
+
+/*
  * Run one admitted execution to its end state.
  */
 static void
@@ -403,10 +417,7 @@ run_execution(int64 execution_id)
 
 		/* with the role's own defaults: the handler runs in this transaction */
 		sc_work_begin("smartconnector: loading execution");
-		if (!sc_extension_installed(true))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("extension \"smartconnector\" was dropped or is not at version %s", SC_VERSION)));
+		require_extension();
 		sc_privileged_begin(&priv);
 		if (!load_exec_info(execution_id, &info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
@@ -483,10 +494,7 @@ run_execution(int64 execution_id)
 		bool		cancelled;
 
 		begin_own_transaction("smartconnector: recording failure");
-		if (!sc_extension_installed(true))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("extension \"smartconnector\" was dropped or is not at version %s", SC_VERSION)));
+		require_extension();
 		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info.connector_id, info.diff_check,
