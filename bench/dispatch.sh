@@ -64,7 +64,7 @@ WITH e AS (
 		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
 	  FROM generate_series(1, $n) i
 	RETURNING id)
-SELECT count(smartconnector.execution_ended(id)) FROM e;
+SELECT count(smartconnector_internal.execution_ended(id)) FROM e;
 UPDATE smartconnector.delivery SET next_attempt_at = now() + interval '1 day';
 COMMIT;
 VACUUM ANALYZE smartconnector.delivery;
@@ -76,7 +76,7 @@ SQL
 drain()
 {
 	local n=$1
-	bench_psql -c "BEGIN; UPDATE smartconnector.delivery SET next_attempt_at = clock_timestamp(), created_at = clock_timestamp(); SELECT smartconnector.wake_dispatcher_at_commit(); COMMIT;" >/dev/null
+	bench_psql -c "BEGIN; UPDATE smartconnector.delivery SET next_attempt_at = clock_timestamp(), created_at = clock_timestamp(); SELECT smartconnector_internal.wake_dispatcher_at_commit(); COMMIT;" >/dev/null
 	until [[ $(bench_psql -c "SELECT count(*) = $n FROM smartconnector.delivery WHERE state <> 'pending'") == t ]]; do
 		sleep 0.2
 	done

@@ -50,10 +50,10 @@ lifecycle()
 	bench_psql >/dev/null <<SQL
 TRUNCATE smartconnector.execution CASCADE;
 UPDATE smartconnector.connector SET max_concurrent_executions = 0;
-SELECT count(smartconnector.enqueue(c.id, '{}', false, false, 'api', 'bench'))
+SELECT count(smartconnector_internal.enqueue(c.id, '{}', false, false, 'api', 'bench'))
   FROM (SELECT id FROM smartconnector.connector WHERE $where) c,
 	   generate_series(1, ($N / (SELECT count(*) FROM smartconnector.connector WHERE $where))::int);
-VACUUM ANALYZE smartconnector.execution, smartconnector.queue, smartconnector.delivery;
+VACUUM ANALYZE smartconnector.execution, smartconnector_internal.queue, smartconnector.delivery;
 SQL
 	local total cpu0
 	total=$(bench_psql -c "SELECT count(*) FROM smartconnector.execution")

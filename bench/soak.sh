@@ -55,7 +55,7 @@ rss_of()
 tables_kb()
 {
 	bench_psql -F ' ' -c "SELECT pg_total_relation_size('smartconnector.execution') / 1024,
-		pg_total_relation_size('smartconnector.queue') / 1024,
+		pg_total_relation_size('smartconnector_internal.queue') / 1024,
 		pg_total_relation_size('smartconnector.delivery') / 1024,
 		pg_total_relation_size('smartconnector.execution_record') / 1024"
 }
@@ -77,7 +77,7 @@ SELECT count(smartconnector.trigger(CASE WHEN i % 10 = 0 THEN 'unreachable'
 								   jsonb_build_object('fail', i % 3 = 0)))
   FROM generate_series(1, $ROUND) i;
 SQL
-	until [[ $(bench_psql -c "SELECT count(*) = 0 FROM smartconnector.queue") == t ]]; do sleep 1; done
+	until [[ $(bench_psql -c "SELECT count(*) = 0 FROM smartconnector_internal.queue") == t ]]; do sleep 1; done
 	done_n=$((done_n + ROUND))
 	read -r l_avg _ <<< "$(rss_of 'smartconnector launcher')"
 	read -r d_avg _ <<< "$(rss_of 'smartconnector dispatcher')"

@@ -129,10 +129,41 @@ SELECT p.proname, p.prosecdef AS entry_definer, i.prosecdef AS impl_definer,
        i.proconfig AS impl_config,
        has_function_privilege('smartconnector_admin', i.oid, 'EXECUTE') AS impl_executable_by_admins
   FROM pg_proc p
-  JOIN pg_proc i ON i.proname = p.proname || '_impl' AND i.pronamespace = p.pronamespace
+  JOIN pg_proc i ON i.proname = p.proname || '_impl'
+                AND i.pronamespace = 'smartconnector_internal'::regnamespace
                 AND i.proargtypes = p.proargtypes
- WHERE p.pronamespace = 'smartconnector'::regnamespace AND p.prosrc = 'sc_entry'
+ WHERE p.prosrc = 'sc_entry'
  ORDER BY 1;
+--
+-- The API surface: smartconnector holds the public API only, each object
+-- with a COMMENT; the internals are in smartconnector_internal, which no
+-- role but the owner may use.
+--
+SELECT p.oid::regprocedure AS api_function
+  FROM pg_proc p WHERE p.pronamespace = 'smartconnector'::regnamespace
+ ORDER BY p.proname, 1::text;
+SELECT 'function' AS kind, p.oid::regprocedure::text AS uncommented
+  FROM pg_proc p
+ WHERE p.pronamespace = 'smartconnector'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+UNION ALL
+SELECT 'relation', c.oid::regclass::text
+  FROM pg_class c
+ WHERE c.relnamespace = 'smartconnector'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')
+   AND obj_description(c.oid, 'pg_class') IS NULL
+UNION ALL
+SELECT 'type', t.oid::regtype::text
+  FROM pg_type t
+ WHERE t.typnamespace = 'smartconnector'::regnamespace AND t.typtype IN ('e', 'd', 'c')
+   AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+   AND obj_description(t.oid, 'pg_type') IS NULL
+ORDER BY 1, 2;
+SELECT r.rolname, has_schema_privilege(r.oid, 'smartconnector_internal', 'USAGE') AS internal_usage
+  FROM pg_roles r
+ WHERE r.rolname IN ('smartconnector_viewer', 'smartconnector_operator', 'smartconnector_admin',
+                     'regress_nobody', 'regress_operator')
+ ORDER BY 1;
+SELECT has_schema_privilege('public', 'smartconnector_internal', 'USAGE') AS public_internal_usage,
+       has_schema_privilege('public', 'smartconnector_internal', 'CREATE') AS public_internal_create;
 -- no internal function (one without a COMMENT: admission locks, wakeups,
 -- the session's current execution, e.g. forget_current()) is executable by
 -- PUBLIC, so neither a handler nor a runner can reach it
@@ -144,10 +175,10 @@ SELECT p.oid::regprocedure AS internal_public_executable
  ORDER BY 1;
 -- e.g. a runner cannot drop its claim, nor a session take admission locks or wake workers
 SET ROLE regress_nobody;
-SELECT smartconnector.forget_current();
-SELECT smartconnector.forget_deleted_current();
-SELECT smartconnector.lock_admissions(1);
-SELECT smartconnector.require_execution(1);
+SELECT smartconnector_internal.forget_current();
+SELECT smartconnector_internal.forget_deleted_current();
+SELECT smartconnector_internal.lock_admissions(1);
+SELECT smartconnector_internal.require_execution(1);
 RESET ROLE;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants

@@ -33,7 +33,7 @@ SELECT e ->> 'type' AS type, e ->> 'status' AS status, (e -> 'connector') - 'id'
        e ->> 'ended_at' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$' AS iso_8601,
        (e ->> 'duration_ms')::bigint >= 0 AS duration_ms
   FROM smartconnector.execution_metadata(:n1) AS e;
-SELECT replace((smartconnector.email_text(smartconnector.execution_metadata(:n1))).subject, :n1::text, '<id>') AS subject;
+SELECT replace((smartconnector_internal.email_text(smartconnector.execution_metadata(:n1))).subject, :n1::text, '<id>') AS subject;
 
 -- an ended execution's event is what was sent: a rename later does not rewrite it
 UPDATE smartconnector.connector SET name = 'Notify (renamed)' WHERE api_name = 'notify';
@@ -112,7 +112,7 @@ RESET ROLE;
 -- an operator cannot read them either, nor end an execution claiming its work was committed
 SET ROLE regress_starter;
 SELECT webhook_secret FROM smartconnector.delivery;
-SELECT smartconnector.complete_execution(:n1, 0, 0, 0, 0, NULL, NULL, NULL, true);
+SELECT smartconnector_internal.complete_execution(:n1, 0, 0, 0, 0, NULL, NULL, NULL, true);
 RESET ROLE;
 
 -- the per-host key of a URL, as libcurl parses it

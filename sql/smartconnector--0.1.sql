@@ -14,13 +14,25 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION smartconnector" to load this file. \quit
 
+/*
+ * The public API lives in smartconnector: every object there has a COMMENT.
+ * Everything the API is built from (implementations of entry points,
+ * triggers, admission and wakeup primitives, the queue) lives in
+ * smartconnector_internal, which PUBLIC cannot use; no role but the owner
+ * needs to, because the entry points reach it with the owner's rights.
+ */
+CREATE SCHEMA smartconnector_internal;
+COMMENT ON SCHEMA smartconnector_internal IS
+	'smartconnector internals: not an API, may change in any release';
+REVOKE ALL ON SCHEMA smartconnector_internal FROM PUBLIC;
+
 /* Refuse to install where the workers would never run. */
-CREATE FUNCTION smartconnector.assert_installable()
+CREATE FUNCTION smartconnector_internal.assert_installable()
 RETURNS void
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'assert_installable';
-SELECT smartconnector.assert_installable();
-REVOKE ALL ON FUNCTION smartconnector.assert_installable() FROM PUBLIC;
+SELECT smartconnector_internal.assert_installable();
+REVOKE ALL ON FUNCTION smartconnector_internal.assert_installable() FROM PUBLIC;
 
 /*
  * Roles, created when absent (they are cluster-wide and may be shared by
@@ -259,17 +271,17 @@ COMMENT ON FUNCTION smartconnector.system_identifier() IS
  * signature and bind both to their OIDs in this cluster (src/binding.c).
  * SECURITY INVOKER: it only reads the catalogs, as the caller.
  */
-CREATE FUNCTION smartconnector.connector_bind()
+CREATE FUNCTION smartconnector_internal.connector_bind()
 RETURNS trigger
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'connector_bind';
 
 CREATE TRIGGER connector_bind
 	BEFORE INSERT OR UPDATE ON smartconnector.connector
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_bind();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.connector_bind();
 
 /* Hide secrets in audit rows: the secret entirely, header values but not names. */
-CREATE FUNCTION smartconnector.masked_value(column_name text, value jsonb)
+CREATE FUNCTION smartconnector_internal.masked_value(column_name text, value jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -285,12 +297,12 @@ AS $$
 $$;
 
 /* A whole row as masked jsonb, for the insert and delete audit rows. */
-CREATE FUNCTION smartconnector.masked_row(r jsonb)
+CREATE FUNCTION smartconnector_internal.masked_row(r jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_object_agg(key, smartconnector.masked_value(key, value))
+	SELECT jsonb_object_agg(key, smartconnector_internal.masked_value(key, value))
 	  FROM jsonb_each(r)
 $$;
 
@@ -299,7 +311,7 @@ $$;
  * act on.  Values are validated when they are set or changed, so that an
  * operator changing status is never blocked by an older value.
  */
-CREATE FUNCTION smartconnector.connector_validate_impl()
+CREATE FUNCTION smartconnector_internal.connector_validate_impl()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -480,8 +492,8 @@ BEGIN
 		   OR NEW.max_concurrent_executions IS DISTINCT FROM OLD.max_concurrent_executions
 		   OR NEW.handler IS DISTINCT FROM OLD.handler OR NEW.run_as IS DISTINCT FROM OLD.run_as
 		   OR rebound THEN
-			PERFORM smartconnector.lock_admissions(NEW.id);
-			PERFORM smartconnector.wake_at_commit();
+			PERFORM smartconnector_internal.lock_admissions(NEW.id);
+			PERFORM smartconnector_internal.wake_at_commit();
 		END IF;
 	END IF;
 	/* a limit that cannot be reached, or that lets runs overlap: say so when it is set */
@@ -501,17 +513,17 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION smartconnector.connector_validate()
+CREATE FUNCTION smartconnector_internal.connector_validate()
 RETURNS trigger
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'sc_entry';
 
 CREATE TRIGGER connector_validate
 	BEFORE INSERT OR UPDATE ON smartconnector.connector
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_validate();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.connector_validate();
 
 /* AFTER each change: one audit row per changed column. */
-CREATE FUNCTION smartconnector.connector_audit_impl()
+CREATE FUNCTION smartconnector_internal.connector_audit_impl()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -538,13 +550,13 @@ BEGIN
 		INSERT INTO smartconnector.settings_history
 			(connector_id, api_name, changed_by, action, new_value)
 		VALUES (NEW.id, NEW.api_name, who, 'insert',
-				smartconnector.masked_row(to_jsonb(NEW) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
+				smartconnector_internal.masked_row(to_jsonb(NEW) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
 		RETURN NULL;
 	ELSIF TG_OP = 'DELETE' THEN
 		INSERT INTO smartconnector.settings_history
 			(connector_id, api_name, changed_by, action, old_value)
 		VALUES (OLD.id, OLD.api_name, who, 'delete',
-				smartconnector.masked_row(to_jsonb(OLD) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
+				smartconnector_internal.masked_row(to_jsonb(OLD) - '{handler_oid,run_as_oid,bound_in}'::text[])::text);
 		RETURN NULL;
 	END IF;
 
@@ -553,8 +565,8 @@ BEGIN
 	INSERT INTO smartconnector.settings_history
 		(connector_id, api_name, changed_by, action, column_name, old_value, new_value)
 	SELECT NEW.id, NEW.api_name, who, 'update', k.key,
-		   smartconnector.masked_value(k.key, o -> k.key) #>> '{}',
-		   smartconnector.masked_value(k.key, n -> k.key) #>> '{}'
+		   smartconnector_internal.masked_value(k.key, o -> k.key) #>> '{}',
+		   smartconnector_internal.masked_value(k.key, n -> k.key) #>> '{}'
 	  FROM jsonb_object_keys(n) AS k(key)
 	 WHERE k.key NOT IN ('updated_at', 'handler_oid', 'run_as_oid', 'bound_in')
 	   AND (o -> k.key) IS DISTINCT FROM (n -> k.key)
@@ -563,14 +575,14 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION smartconnector.connector_audit()
+CREATE FUNCTION smartconnector_internal.connector_audit()
 RETURNS trigger
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'sc_entry';
 
 CREATE TRIGGER connector_audit
 	AFTER INSERT OR UPDATE OR DELETE ON smartconnector.connector
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_audit();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.connector_audit();
 
 /* ------------------------------------------------------------------------
  * Administration functions
@@ -674,7 +686,7 @@ COMMENT ON FUNCTION smartconnector.set_max_concurrent_executions(text, integer) 
  * that keeps resolving (with a warning) until drop_api_name_alias().
  * Renaming back to one of the connector's own aliases drops that alias.
  */
-CREATE FUNCTION smartconnector.change_api_name_impl(old_api_name text, new_api_name text)
+CREATE FUNCTION smartconnector_internal.change_api_name_impl(old_api_name text, new_api_name text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -858,13 +870,13 @@ COMMENT ON COLUMN smartconnector.execution.runner_pid IS
  * primary key or a semi-join over the whole backlog once the table's
  * statistics were taken with a long queue.
  */
-CREATE TABLE smartconnector.queue (
+CREATE TABLE smartconnector_internal.queue (
 	connector_id bigint NOT NULL,
 	execution_id bigint NOT NULL
 		REFERENCES smartconnector.execution (id) ON DELETE CASCADE,
 	PRIMARY KEY (connector_id, execution_id)
 );
-COMMENT ON TABLE smartconnector.queue IS
+COMMENT ON TABLE smartconnector_internal.queue IS
 	'Queued executions per connector, oldest first (admission reads the head)';
 
 /* The output report: one row per record() call, in order. */
@@ -894,7 +906,7 @@ COMMENT ON TABLE smartconnector.record_hash IS
 
 /* ---- internals (C) ---- */
 
-CREATE FUNCTION smartconnector.lock_admissions(connector_id bigint)
+CREATE FUNCTION smartconnector_internal.lock_admissions(connector_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'lock_admissions';
 
@@ -904,15 +916,15 @@ AS 'MODULE_PATHNAME', 'runner_alive';
 COMMENT ON FUNCTION smartconnector.runner_alive(bigint) IS
 	'Whether a live backend runs an execution (its progress slot in shared memory names it)';
 
-CREATE FUNCTION smartconnector.wake_at_commit()
+CREATE FUNCTION smartconnector_internal.wake_at_commit()
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'wake_at_commit';
 
-CREATE FUNCTION smartconnector.signal_runner_at_commit(execution_id bigint)
+CREATE FUNCTION smartconnector_internal.signal_runner_at_commit(execution_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'signal_runner_at_commit';
 
-CREATE FUNCTION smartconnector.signal_committing_runner(execution_id bigint)
+CREATE FUNCTION smartconnector_internal.signal_committing_runner(execution_id bigint)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'signal_committing_runner';
 
@@ -922,12 +934,12 @@ AS 'MODULE_PATHNAME', 'current_execution';
 COMMENT ON FUNCTION smartconnector.current_execution() IS
 	'The execution this session runs (a handler, or an external runner after claim()), or NULL';
 
-CREATE FUNCTION smartconnector.forget_current()
+CREATE FUNCTION smartconnector_internal.forget_current()
 RETURNS void LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'forget_current';
 
 /* A session's execution cancelled and then deleted by cleanup(): forget it, saying so. */
-CREATE FUNCTION smartconnector.forget_deleted_current()
+CREATE FUNCTION smartconnector_internal.forget_deleted_current()
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -938,28 +950,28 @@ BEGIN
 	IF mine IS NULL OR EXISTS (SELECT 1 FROM smartconnector.execution e WHERE e.id = mine) THEN
 		RETURN false;
 	END IF;
-	PERFORM smartconnector.forget_current();
+	PERFORM smartconnector_internal.forget_current();
 	RAISE WARNING 'execution % no longer exists', mine
 		USING DETAIL = 'It was cancelled, and its history was deleted (smartconnector.history_retention or cleanup()) before this session finished it; its report is lost.';
 	RETURN true;
 END
 $$;
 
-CREATE FUNCTION smartconnector.current_execution_info(
+CREATE FUNCTION smartconnector_internal.current_execution_info(
 	OUT execution_id bigint, OUT connector_id bigint, OUT diff_check boolean, OUT dry_run boolean)
 RETURNS record LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'current_execution_info';
 
-CREATE FUNCTION smartconnector.remember_hash(record_key text, hash bytea)
+CREATE FUNCTION smartconnector_internal.remember_hash(record_key text, hash bytea)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'remember_hash';
 
-CREATE FUNCTION smartconnector.begin_execution(execution_id bigint, connector_id bigint,
+CREATE FUNCTION smartconnector_internal.begin_execution(execution_id bigint, connector_id bigint,
 											   diff_check boolean, dry_run boolean)
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'begin_execution';
 
-CREATE FUNCTION smartconnector.complete_current(error text, metadata jsonb)
+CREATE FUNCTION smartconnector_internal.complete_current(error text, metadata jsonb)
 RETURNS text LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'complete_current';
 
@@ -1003,7 +1015,7 @@ DECLARE
 	new_hash bytea;
 	old_hash bytea;
 BEGIN
-	SELECT * INTO run FROM smartconnector.current_execution_info();
+	SELECT * INTO run FROM smartconnector_internal.current_execution_info();
 	new_hash := sha256(convert_to(data::text, 'UTF8'));
 	IF run.diff_check THEN
 		SELECT h.hash INTO old_hash FROM smartconnector.record_hash h
@@ -1013,7 +1025,7 @@ BEGIN
 			RETURN true;
 		END IF;
 	END IF;
-	PERFORM smartconnector.remember_hash($1, new_hash);
+	PERFORM smartconnector_internal.remember_hash($1, new_hash);
 	RETURN false;
 END
 $$;
@@ -1023,7 +1035,7 @@ COMMENT ON FUNCTION smartconnector.unchanged(text, jsonb) IS
 /* ---- queue and admission ---- */
 
 /* Queue an execution; the launcher is woken when this commits. */
-CREATE FUNCTION smartconnector.enqueue(connector_id bigint, input jsonb, disable_diff_check boolean,
+CREATE FUNCTION smartconnector_internal.enqueue(connector_id bigint, input jsonb, disable_diff_check boolean,
 									   dry_run boolean, trigger_type text, initiated_by name)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -1054,9 +1066,9 @@ BEGIN
 		RAISE EXCEPTION 'connector with id % does not exist', connector_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	INSERT INTO smartconnector.queue (connector_id, execution_id)
+	INSERT INTO smartconnector_internal.queue (connector_id, execution_id)
 	VALUES (enqueue.connector_id, new_id);
-	PERFORM smartconnector.wake_at_commit();
+	PERFORM smartconnector_internal.wake_at_commit();
 	RETURN new_id;
 END
 $$;
@@ -1071,7 +1083,7 @@ $$;
  * start now, and why: the connector's status, a limit of 0, the limit
  * reached, or every executor busy.
  */
-CREATE FUNCTION smartconnector.trigger_impl(api_name text, input jsonb,
+CREATE FUNCTION smartconnector_internal.trigger_impl(api_name text, input jsonb,
 									   disable_diff_check boolean,
 									   dry_run boolean)
 RETURNS bigint
@@ -1086,7 +1098,7 @@ DECLARE
 	running integer;
 	busy integer;
 BEGIN
-	new_id := smartconnector.enqueue(cid, trigger_impl.input, trigger_impl.disable_diff_check,
+	new_id := smartconnector_internal.enqueue(cid, trigger_impl.input, trigger_impl.disable_diff_check,
 									 trigger_impl.dry_run, smartconnector.caller_trigger_type(),
 									 smartconnector.calling_role());
 	SELECT x.api_name, x.status, x.max_concurrent_executions AS max, x.handler INTO c
@@ -1134,7 +1146,7 @@ COMMENT ON FUNCTION smartconnector.trigger(text, jsonb, boolean, boolean) IS
  * (and status and limit changes), so the count of running executions cannot
  * go stale before the admission commits (src/lifecycle.c).
  */
-CREATE FUNCTION smartconnector.admit(connector_id bigint)
+CREATE FUNCTION smartconnector_internal.admit(connector_id bigint)
 RETURNS bigint
 LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER
@@ -1151,7 +1163,7 @@ AS 'MODULE_PATHNAME', 'admit';
  * webhook, and one email per address for the first reason that applies
  * (src/lifecycle.c).
  */
-CREATE FUNCTION smartconnector.execution_ended(execution_id bigint)
+CREATE FUNCTION smartconnector_internal.execution_ended(execution_id bigint)
 RETURNS void
 LANGUAGE C VOLATILE STRICT
 SECURITY DEFINER
@@ -1163,7 +1175,7 @@ AS 'MODULE_PATHNAME', 'execution_ended';
  * it was not running (someone else ended it first).  committed: see the
  * column execution.committed.
  */
-CREATE FUNCTION smartconnector.complete_execution(
+CREATE FUNCTION smartconnector_internal.complete_execution(
 	execution_id bigint, created bigint, updated bigint, skipped bigint, failed bigint,
 	error text, metadata jsonb, handler_result jsonb, committed boolean DEFAULT NULL)
 RETURNS smartconnector.execution_state
@@ -1182,7 +1194,7 @@ AS 'MODULE_PATHNAME', 'complete_execution';
  * transaction holds a lock it needs (the launcher's lock_timeout) is left
  * for the next pass.
  */
-CREATE FUNCTION smartconnector.launcher_pass(reasons jsonb, OUT running integer)
+CREATE FUNCTION smartconnector_internal.launcher_pass(reasons jsonb, OUT running integer)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1211,7 +1223,7 @@ BEGIN
 				IF (reasons -> r.id::text ->> 'cancelled')::boolean THEN
 					UPDATE smartconnector.execution x SET cancel_requested = true WHERE x.id = r.id;
 				END IF;
-				PERFORM smartconnector.complete_execution(r.id,
+				PERFORM smartconnector_internal.complete_execution(r.id,
 					coalesce(counts.records_created, 0), coalesce(counts.records_updated, 0),
 					coalesce(counts.records_skipped, 0), coalesce(counts.records_failed, 0),
 					coalesce(reasons -> r.id::text ->> 'error',
@@ -1259,7 +1271,7 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'claim() is for connectors without a handler, run by an external program.';
 	END IF;
-	IF mine IS NOT NULL AND smartconnector.forget_deleted_current() THEN
+	IF mine IS NOT NULL AND smartconnector_internal.forget_deleted_current() THEN
 		mine := NULL;
 	END IF;
 	IF mine IS NOT NULL THEN
@@ -1267,12 +1279,12 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = format('Call smartconnector.finish(%s) first.', mine);
 	END IF;
-	admitted := smartconnector.admit(cid);
+	admitted := smartconnector_internal.admit(cid);
 	IF admitted IS NOT NULL THEN
-		PERFORM smartconnector.begin_execution(admitted, cid, e.diff_check, e.dry_run)
+		PERFORM smartconnector_internal.begin_execution(admitted, cid, e.diff_check, e.dry_run)
 		   FROM smartconnector.execution e WHERE e.id = admitted;
 		/* the launcher watches running executions for dead runners */
-		PERFORM smartconnector.wake_at_commit();
+		PERFORM smartconnector_internal.wake_at_commit();
 	END IF;
 	RETURN admitted;
 END
@@ -1307,10 +1319,10 @@ BEGIN
 				  DETAIL = format('Its state is %s.', st),
 				  HINT = 'Only the session that claimed an execution can finish it.';
 	END IF;
-	IF smartconnector.forget_deleted_current() THEN
+	IF smartconnector_internal.forget_deleted_current() THEN
 		RETURN NULL;
 	END IF;
-	final := smartconnector.complete_current(error, metadata);
+	final := smartconnector_internal.complete_current(error, metadata);
 	IF final IS NULL THEN
 		SELECT e.state INTO st FROM smartconnector.execution e WHERE e.id = finish.execution_id;
 		RAISE WARNING 'execution % had already ended: %', execution_id, st;
@@ -1327,7 +1339,7 @@ COMMENT ON FUNCTION smartconnector.finish(bigint, text, jsonb) IS
  * is interrupted and ends cancelled (what its runner committed stays).
  * Returns false when it had already ended.
  */
-CREATE FUNCTION smartconnector.cancel_impl(execution_id bigint)
+CREATE FUNCTION smartconnector_internal.cancel_impl(execution_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -1349,19 +1361,19 @@ BEGIN
 	 * before the execution row, so the two never deadlock; if admission got
 	 * there first, the execution is running by the time we look again.
 	 */
-	DELETE FROM smartconnector.queue q
+	DELETE FROM smartconnector_internal.queue q
 	 WHERE q.connector_id = cid AND q.execution_id = cancel_impl.execution_id;
 	IF FOUND THEN
 		UPDATE smartconnector.execution x
 		   SET state = 'cancelled', ended_at = pg_catalog.clock_timestamp(),
 			   cancel_requested = true, metadata = x.metadata || who
 		 WHERE x.id = cancel_impl.execution_id;
-		PERFORM smartconnector.execution_ended(execution_id);
+		PERFORM smartconnector_internal.execution_ended(execution_id);
 		RETURN true;
 	END IF;
 
 	/* an executor committing the handler's work holds the row: interrupt it first */
-	PERFORM smartconnector.signal_committing_runner(execution_id);
+	PERFORM smartconnector_internal.signal_committing_runner(execution_id);
 	SELECT x.state, c.handler IS NULL AS external, p.records_created, p.records_updated,
 		   p.records_skipped, p.records_failed
 	  INTO e
@@ -1376,12 +1388,12 @@ BEGIN
 		 WHERE x.id = cancel_impl.execution_id;
 		IF e.external THEN
 			/* an external program cannot be made to stop: the slot is freed now */
-			PERFORM smartconnector.complete_execution(execution_id,
+			PERFORM smartconnector_internal.complete_execution(execution_id,
 				coalesce(e.records_created, 0), coalesce(e.records_updated, 0),
 				coalesce(e.records_skipped, 0), coalesce(e.records_failed, 0),
 				NULL, NULL, NULL);
 		END IF;
-		PERFORM smartconnector.signal_runner_at_commit(execution_id);
+		PERFORM smartconnector_internal.signal_runner_at_commit(execution_id);
 		RETURN true;
 	END IF;
 	RAISE NOTICE 'execution % has already ended: %', execution_id, e.state;
@@ -1402,7 +1414,7 @@ COMMENT ON FUNCTION smartconnector.cancel(bigint) IS
  * not exist (never existed, or deleted with the history), as cancel(),
  * finish() and redeliver() do, rather than answer "nothing".
  */
-CREATE FUNCTION smartconnector.require_execution(execution_id bigint)
+CREATE FUNCTION smartconnector_internal.require_execution(execution_id bigint)
 RETURNS void
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
@@ -1423,7 +1435,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM smartconnector.require_execution(output_report.execution_id);
+	PERFORM smartconnector_internal.require_execution(output_report.execution_id);
 	RETURN QUERY
 		SELECT r.record_key, r.action, r.detail
 		  FROM smartconnector.execution_record r
@@ -1441,7 +1453,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM smartconnector.require_execution(output_report_url.execution_id);
+	PERFORM smartconnector_internal.require_execution(output_report_url.execution_id);
 	RETURN (SELECT NULLIF(replace(replace(pg_catalog.current_setting('smartconnector.report_url_template'),
 										  '{execution_id}', e.id::text),
 								  '{api_name}', c.api_name), '')
@@ -1477,7 +1489,7 @@ COMMENT ON VIEW smartconnector.execution_progress IS
 	'Running executions with their live record counts';
 
 /* A connector with work in flight cannot be deleted. */
-CREATE FUNCTION smartconnector.connector_before_delete()
+CREATE FUNCTION smartconnector_internal.connector_before_delete()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1495,7 +1507,7 @@ END
 $$;
 CREATE TRIGGER connector_before_delete
 	BEFORE DELETE ON smartconnector.connector
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_before_delete();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.connector_before_delete();
 
 /* ------------------------------------------------------------------------
  * Completion dispatch: outbox of webhooks and emails
@@ -1509,7 +1521,7 @@ CREATE TABLE smartconnector.user_email (
 COMMENT ON TABLE smartconnector.user_email IS
 	'Email address of a role; the initiator of an execution is notified of its completion';
 
-CREATE FUNCTION smartconnector.user_email_validate()
+CREATE FUNCTION smartconnector_internal.user_email_validate()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1521,7 +1533,7 @@ END
 $$;
 CREATE TRIGGER user_email_validate
 	BEFORE INSERT OR UPDATE ON smartconnector.user_email
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.user_email_validate();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.user_email_validate();
 
 CREATE FUNCTION smartconnector.url_host(url text)
 RETURNS text LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
@@ -1529,7 +1541,7 @@ AS 'MODULE_PATHNAME', 'url_host';
 COMMENT ON FUNCTION smartconnector.url_host(text) IS
 	'Host and port of a URL as libcurl parses it (the key for per-host connection limits)';
 
-CREATE FUNCTION smartconnector.wake_dispatcher_at_commit()
+CREATE FUNCTION smartconnector_internal.wake_dispatcher_at_commit()
 RETURNS void LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'wake_dispatcher_at_commit';
 
@@ -1544,7 +1556,7 @@ AS 'MODULE_PATHNAME', 'wake_dispatcher_at_commit';
  * queues its deliveries; it is only ever called from functions that pin
  * search_path, and only the owner may call it.
  */
-CREATE FUNCTION smartconnector.event(e smartconnector.execution, c smartconnector.connector)
+CREATE FUNCTION smartconnector_internal.event(e smartconnector.execution, c smartconnector.connector)
 RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -1588,10 +1600,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM smartconnector.require_execution(execution_metadata.execution_id);
+	PERFORM smartconnector_internal.require_execution(execution_metadata.execution_id);
 	RETURN (SELECT coalesce((SELECT d.payload FROM smartconnector.delivery d
 							  WHERE d.execution_id = e.id ORDER BY d.id LIMIT 1),
-							smartconnector.event(e, c))
+							smartconnector_internal.event(e, c))
 			  FROM smartconnector.execution e
 			  JOIN smartconnector.connector c ON c.id = e.connector_id
 			 WHERE e.id = execution_metadata.execution_id);
@@ -1655,7 +1667,7 @@ COMMENT ON COLUMN smartconnector.delivery.latency_ms IS
 	'From the commit of the completion (queueing) to the successful delivery';
 
 /* Subject and plain-text body of the completion email, from the event. */
-CREATE FUNCTION smartconnector.email_text(payload jsonb, OUT subject text, OUT body text)
+CREATE FUNCTION smartconnector_internal.email_text(payload jsonb, OUT subject text, OUT body text)
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1697,7 +1709,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'delivery % does not exist', delivery_id USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM smartconnector.wake_dispatcher_at_commit();
+	PERFORM smartconnector_internal.wake_dispatcher_at_commit();
 END
 $$;
 COMMENT ON FUNCTION smartconnector.redeliver(bigint) IS
@@ -1720,7 +1732,7 @@ COMMENT ON FUNCTION smartconnector.retention_cutoff() IS
 	'now() minus smartconnector.history_retention, or NULL when history is kept forever';
 
 /* Raised by trigger_scheduled() outside a pg_cron job. */
-CREATE FUNCTION smartconnector.refuse_unscheduled()
+CREATE FUNCTION smartconnector_internal.refuse_unscheduled()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -1737,15 +1749,15 @@ $$;
  * trigger_type schedule (so only from a pg_cron job, see
  * caller_trigger_type()).
  */
-CREATE FUNCTION smartconnector.trigger_scheduled_impl(connector_id bigint)
+CREATE FUNCTION smartconnector_internal.trigger_scheduled_impl(connector_id bigint)
 RETURNS bigint
 LANGUAGE sql VOLATILE STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE WHEN smartconnector.caller_trigger_type() = 'schedule'
-				THEN smartconnector.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
-				ELSE smartconnector.refuse_unscheduled() END
+				THEN smartconnector_internal.enqueue($1, '{}', false, false, 'schedule', smartconnector.calling_role())
+				ELSE smartconnector_internal.refuse_unscheduled() END
 $$;
 CREATE FUNCTION smartconnector.trigger_scheduled(connector_id bigint)
 RETURNS bigint
@@ -1754,7 +1766,7 @@ AS 'MODULE_PATHNAME', 'sc_entry';
 COMMENT ON FUNCTION smartconnector.trigger_scheduled(bigint) IS
 	'What a smartconnector schedule runs: queue an execution with trigger_type schedule';
 
-CREATE FUNCTION smartconnector.require_pg_cron()
+CREATE FUNCTION smartconnector_internal.require_pg_cron()
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1775,7 +1787,7 @@ $$;
  * the caller, who is then the initiator of the scheduled executions.  A
  * new schedule replaces the connector's previous one.  Returns the job id.
  */
-CREATE FUNCTION smartconnector.schedule_impl(api_name text, cron text)
+CREATE FUNCTION smartconnector_internal.schedule_impl(api_name text, cron text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SECURITY DEFINER
@@ -1786,7 +1798,7 @@ DECLARE
 	job_name text;
 	old_job bigint;
 BEGIN
-	PERFORM smartconnector.require_pg_cron();
+	PERFORM smartconnector_internal.require_pg_cron();
 	cid := smartconnector.connector_id(api_name);
 	job_name := 'smartconnector:' || cid;
 	FOR old_job IN SELECT s.jobid FROM smartconnector.schedules() s WHERE s.connector_id = cid LOOP
@@ -1815,7 +1827,7 @@ DECLARE
 	job bigint;
 	found_one boolean := false;
 BEGIN
-	PERFORM smartconnector.require_pg_cron();
+	PERFORM smartconnector_internal.require_pg_cron();
 	FOR job IN SELECT s.jobid FROM smartconnector.schedules() s
 				WHERE s.connector_id = smartconnector.connector_id(api_name)
 	LOOP
@@ -1864,7 +1876,7 @@ COMMENT ON FUNCTION smartconnector.schedules() IS
 	'Connector schedules held by pg_cron, with the next run time';
 
 /* A schedule goes with its connector. */
-CREATE FUNCTION smartconnector.connector_after_delete()
+CREATE FUNCTION smartconnector_internal.connector_after_delete()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1884,7 +1896,7 @@ END
 $$;
 CREATE TRIGGER connector_after_delete
 	AFTER DELETE ON smartconnector.connector
-	FOR EACH ROW EXECUTE FUNCTION smartconnector.connector_after_delete();
+	FOR EACH ROW EXECUTE FUNCTION smartconnector_internal.connector_after_delete();
 
 /* ---- chaining ---- */
 
@@ -1911,7 +1923,7 @@ COMMENT ON TABLE smartconnector.chain IS
  * on_status.  Cycles are refused.  Chaining the same pair again replaces
  * its statuses.
  */
-CREATE FUNCTION smartconnector.chain_impl(from_api_name text, to_api_name text,
+CREATE FUNCTION smartconnector_internal.chain_impl(from_api_name text, to_api_name text,
 									 on_status text[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -1994,7 +2006,7 @@ CREATE INDEX execution_ended_at_idx ON smartconnector.execution (ended_at);
 CREATE VIEW smartconnector.overview AS
 	SELECT c.api_name, c.name, c.status,
 		   c.max_concurrent_executions AS max_concurrent,
-		   (SELECT count(*) FROM smartconnector.queue q WHERE q.connector_id = c.id) AS queued,
+		   (SELECT count(*) FROM smartconnector_internal.queue q WHERE q.connector_id = c.id) AS queued,
 		   (SELECT count(*) FROM smartconnector.execution e
 			 WHERE e.connector_id = c.id AND e.state = 'running') AS running,
 		   last.id AS last_execution,
@@ -2006,7 +2018,7 @@ CREATE VIEW smartconnector.overview AS
 		   s.schedule,
 		   s.next_run,
 		   /* what the oldest queued execution waits for (NULL: nothing queued) */
-		   CASE WHEN NOT EXISTS (SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = c.id) THEN NULL
+		   CASE WHEN NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue q WHERE q.connector_id = c.id) THEN NULL
 				WHEN c.status NOT IN ('operational', 'need_attention') THEN 'status ' || c.status::text
 				WHEN c.max_concurrent_executions = 0 THEN 'limit 0 (paused)'
 				WHEN (SELECT count(*) FROM smartconnector.execution e
@@ -2049,7 +2061,7 @@ COMMENT ON VIEW smartconnector.recent_executions IS
 	'Executions, newest first, with waiting time, duration and record counts (add LIMIT)';
 
 /* Set (or with NULL remove) a role's email; your own, or anyone's as an admin. */
-CREATE FUNCTION smartconnector.set_user_email_impl(email text, role_name name)
+CREATE FUNCTION smartconnector_internal.set_user_email_impl(email text, role_name name)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
@@ -2140,8 +2152,8 @@ COMMENT ON FUNCTION smartconnector.cleanup(timestamptz, integer) IS
  * Privileges
  * ------------------------------------------------------------------------ */
 
-REVOKE ALL ON ALL TABLES IN SCHEMA smartconnector FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA smartconnector FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA smartconnector, smartconnector_internal FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA smartconnector, smartconnector_internal FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
 	smartconnector.check_email(text, text),
@@ -2152,8 +2164,8 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.caller_trigger_type(),
 	smartconnector.binding_problem(text, oid, name, oid, bigint),
 	smartconnector.system_identifier(),
-	smartconnector.masked_value(text, jsonb),
-	smartconnector.masked_row(jsonb)
+	smartconnector_internal.masked_value(text, jsonb),
+	smartconnector_internal.masked_row(jsonb)
 	TO smartconnector_viewer;
 
 /* handlers and external runners, as whatever role they run as */
@@ -2233,6 +2245,11 @@ GRANT EXECUTE ON FUNCTION
 	smartconnector.cleanup(timestamptz, integer)
 	TO smartconnector_admin;
 
+COMMENT ON SEQUENCE smartconnector.connector_id_seq IS 'Identifiers of connectors';
+COMMENT ON SEQUENCE smartconnector.execution_id_seq IS 'Identifiers of executions';
+COMMENT ON SEQUENCE smartconnector.delivery_id_seq IS 'Identifiers of deliveries';
+COMMENT ON SEQUENCE smartconnector.settings_history_id_seq IS 'Identifiers of settings history entries';
+
 /* pg_dump keeps connectors, aliases and their audit trail */
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.connector', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.api_name_alias', '');
@@ -2242,7 +2259,7 @@ SELECT pg_catalog.pg_extension_config_dump('smartconnector.settings_history_id_s
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.execution_record', '');
-SELECT pg_catalog.pg_extension_config_dump('smartconnector.queue', '');
+SELECT pg_catalog.pg_extension_config_dump('smartconnector_internal.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.delivery', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.delivery_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.user_email', '');
@@ -2250,5 +2267,5 @@ SELECT pg_catalog.pg_extension_config_dump('smartconnector.chain', '');
 SELECT pg_catalog.pg_extension_config_dump('smartconnector.record_hash', '');
 
 /* the workers notice the new extension at once, not at their next nap */
-SELECT smartconnector.wake_at_commit();
-SELECT smartconnector.wake_dispatcher_at_commit();
+SELECT smartconnector_internal.wake_at_commit();
+SELECT smartconnector_internal.wake_dispatcher_at_commit();

@@ -20,7 +20,7 @@
  * whose symbol is sc_entry, which starts as its caller, records the caller's
  * current user as the acting role and calls the implementation; and the
  * implementation, a SECURITY DEFINER function of the same arguments named
- * <name>_impl, which only the owner may execute.  The same holds for the
+ * <name>_impl in smartconnector_internal, which only the owner may execute.  The same holds for the
  * settings triggers.  calling_role() answers the acting role while an
  * implementation runs, and the current user everywhere else.
  *
@@ -33,6 +33,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -79,7 +80,8 @@ sc_acting_role(void)
 }
 
 /*
- * Find <name>_impl with the same arguments in the entry point's schema.
+ * Find <name>_impl with the same arguments in smartconnector_internal, owned
+ * by the entry point's owner.
  */
 static EntryCache *
 entry_cache(FunctionCallInfo fcinfo)
@@ -102,12 +104,14 @@ entry_cache(FunctionCallInfo fcinfo)
 		elog(ERROR, "entry point name \"%s\" is too long", NameStr(entry->proname));
 	impl_tup = SearchSysCache3(PROCNAMEARGSNSP, CStringGetDatum(impl_name),
 							   PointerGetDatum(&entry->proargtypes),
-							   ObjectIdGetDatum(entry->pronamespace));
+							   ObjectIdGetDatum(get_namespace_oid(SC_INTERNAL_SCHEMA, false)));
 	if (!HeapTupleIsValid(impl_tup))
 		elog(ERROR, "implementation %s of smartconnector entry point %s is missing",
 			 impl_name, NameStr(entry->proname));
-	if (!((Form_pg_proc) GETSTRUCT(impl_tup))->prosecdef)
-		elog(ERROR, "implementation %s must be SECURITY DEFINER", impl_name);
+	if (!((Form_pg_proc) GETSTRUCT(impl_tup))->prosecdef ||
+		((Form_pg_proc) GETSTRUCT(impl_tup))->proowner != entry->proowner)
+		elog(ERROR, "implementation %s must be SECURITY DEFINER and owned by the owner of %s",
+			 impl_name, NameStr(entry->proname));
 	impl_oid = ((Form_pg_proc) GETSTRUCT(impl_tup))->oid;
 	cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(EntryCache));
 	cache->owner = ((Form_pg_proc) GETSTRUCT(impl_tup))->proowner;

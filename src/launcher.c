@@ -253,7 +253,7 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 							  " WHERE c.run_as_oid IS NOT DISTINCT FROM $1 AND c.run_as = $2"
 							  "   AND c.handler IS NOT NULL"
 							  "   AND c.status IN ('operational', 'need_attention')"
-							  "   AND EXISTS (SELECT 1 FROM smartconnector.queue q"
+							  "   AND EXISTS (SELECT 1 FROM smartconnector_internal.queue q"
 							  "                WHERE q.connector_id = c.id)"
 							  " ORDER BY c.id",
 							  2, types, args, nulls, true, 0) != SPI_OK_SELECT)
@@ -390,11 +390,11 @@ launcher_pass(int *running, List **demand, bool *more)
 			Datum		reasons[1];
 
 			reasons[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(stopped_reasons()));
-			ret = SPI_execute_with_args("SELECT smartconnector.launcher_pass($1)",
+			ret = SPI_execute_with_args("SELECT smartconnector_internal.launcher_pass($1)",
 										1, reason_type, reasons, NULL, false, 1);
 		}
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "smartconnector.launcher_pass() failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "smartconnector_internal.launcher_pass() failed: %s", SPI_result_code_string(ret));
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 		/* per role: what may start now, what runs, and whether it can be connected as */
@@ -407,7 +407,7 @@ launcher_pass(int *running, List **demand, bool *more)
 			"                      WHERE e.connector_id = c.id AND e.state = 'running') run"
 			/* in key order, so that the probe stays on the queue's primary key */
 			" CROSS JOIN LATERAL (SELECT count(*) AS n"
-			"                       FROM (SELECT 1 FROM smartconnector.queue e"
+			"                       FROM (SELECT 1 FROM smartconnector_internal.queue e"
 			"                              WHERE e.connector_id = c.id"
 			"                              ORDER BY e.execution_id LIMIT $1) s) q"
 			" WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')"

@@ -237,13 +237,13 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 		 */
 		ret = SPI_execute_plan(sc_keep_plan(&take_plan,
 			"WITH head AS ("
-			"  DELETE FROM smartconnector.queue q"
+			"  DELETE FROM smartconnector_internal.queue q"
 			"   WHERE q.connector_id = $1"
-			"     AND q.execution_id = (SELECT h.execution_id FROM smartconnector.queue h"
+			"     AND q.execution_id = (SELECT h.execution_id FROM smartconnector_internal.queue h"
 			"                            WHERE h.connector_id = $1"
 			"                            ORDER BY h.execution_id LIMIT 1"
 			"                              FOR UPDATE SKIP LOCKED)"
-			"     AND NOT EXISTS (SELECT 1 FROM smartconnector.queue o"
+			"     AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue o"
 			"                      WHERE o.connector_id = $1 AND o.execution_id < q.execution_id)"
 			"  RETURNING q.execution_id)"
 			" UPDATE smartconnector.execution x"
@@ -251,7 +251,7 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 			"        runner_pid = pg_catalog.pg_backend_pid()"
 			"   FROM head"
 			"  WHERE x.id = head.execution_id"
-			" RETURNING x.id, (SELECT min(n.execution_id) FROM smartconnector.queue n"
+			" RETURNING x.id, (SELECT min(n.execution_id) FROM smartconnector_internal.queue n"
 			"                   WHERE n.connector_id = $1 AND n.execution_id > x.id)",
 			1, types), args, NULL, false, 1);
 		if (ret != SPI_OK_UPDATE_RETURNING)
@@ -270,7 +270,7 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 			return id;
 		}
 		ret = SPI_execute_plan(sc_keep_plan(&queued_plan,
-			"SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = $1 LIMIT 1",
+			"SELECT 1 FROM smartconnector_internal.queue q WHERE q.connector_id = $1 LIMIT 1",
 			1, types), args, NULL, false, 1);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read the queue of connector %lld", (long long) connector_id);
@@ -287,7 +287,7 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 		}
 		/* claim(): wait for the cancel() that holds the head to end, then look again */
 		if (SPI_execute_plan(sc_keep_plan(&head_lock_plan,
-			"SELECT 1 FROM smartconnector.queue q WHERE q.connector_id = $1"
+			"SELECT 1 FROM smartconnector_internal.queue q WHERE q.connector_id = $1"
 			" ORDER BY q.execution_id LIMIT 1 FOR UPDATE",
 			1, types), args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not wait for the queue of connector %lld", (long long) connector_id);
@@ -308,7 +308,7 @@ load_candidates(Oid role)
 	if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
 		"SELECT c.id, c.max_concurrent_executions::bigint, head.execution_id"
 		"  FROM smartconnector.connector c"
-		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector.queue q"
+		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector_internal.queue q"
 		"                      WHERE q.connector_id = c.id"
 		"                      ORDER BY q.execution_id LIMIT 1) head"
 		" WHERE c.handler IS NOT NULL AND c.run_as_oid = $1"
@@ -514,7 +514,7 @@ queue_delivery(int64 execution_id, Datum connector_id, const char *channel,
 	"      THEN c.error_notification_email END," \
 	" (SELECT u.email FROM smartconnector.user_email u" \
 	"   WHERE u.role_name = x.initiated_by)," \
-	" smartconnector.event(x, c)," \
+	" smartconnector_internal.event(x, c)," \
 	" EXISTS (SELECT 1 FROM smartconnector.chain ch" \
 	"          WHERE ch.from_connector_id = x.connector_id)," \
 	" c.webhook_secret, c.webhook_headers"
@@ -584,7 +584,7 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 	 */
 	ret = SPI_execute_plan(sc_keep_plan(&chains_plan,
 		"SELECT ch.to_connector_id,"
-		"       pg_catalog.jsonb_build_object('chained_from', smartconnector.event(e, c)),"
+		"       pg_catalog.jsonb_build_object('chained_from', smartconnector_internal.event(e, c)),"
 		"       e.initiated_by, e.dry_run"
 		"  FROM smartconnector.execution e"
 		"  JOIN smartconnector.connector c ON c.id = e.connector_id"
@@ -607,7 +607,7 @@ queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first)
 			for (int k = 0; k < 4; k++)
 				eargs[k] = SPI_getbinval(chains->vals[i], chains->tupdesc, k + 1, &isnull);
 			ret = SPI_execute_plan(sc_keep_plan(&enqueue_plan,
-				"SELECT smartconnector.enqueue($1, $2, false, $4, 'chain', $3)",
+				"SELECT smartconnector_internal.enqueue($1, $2, false, $4, 'chain', $3)",
 				4, enqueue_types), eargs, NULL, false, 1);
 			if (ret != SPI_OK_SELECT)
 				elog(ERROR, "could not trigger a chained connector");

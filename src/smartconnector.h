@@ -22,6 +22,8 @@
 #include "utils/guc.h"
 
 #define SC_VERSION "0.1"
+/* where the implementations and internals live (see sql/smartconnector--0.1.sql) */
+#define SC_INTERNAL_SCHEMA "smartconnector_internal"
 
 /* Limits on settings values, enforced by the validators in catalog.c/http.c */
 #define SC_MAX_URL_LENGTH			2048

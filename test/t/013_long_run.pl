@@ -36,7 +36,7 @@ $node->safe_psql('postgres', qq{
 # a steady load: batches of executions, each ending with a webhook
 my $rounds = 0;
 my $vacuumed = q{SELECT count(*) = 3 FROM pg_stat_user_tables
-	WHERE schemaname = 'smartconnector' AND relname IN ('execution', 'queue', 'delivery')
+	WHERE schemaname IN ('smartconnector', 'smartconnector_internal') AND relname IN ('execution', 'queue', 'delivery')
 	  AND autovacuum_count > 0 AND autoanalyze_count > 0};
 until ($node->safe_psql('postgres', $vacuumed) eq 't' || $rounds >= 40)
 {
@@ -53,7 +53,7 @@ my $stats = $node->safe_psql('postgres', q{
 	SELECT string_agg(format('%s: upd %s, del %s, autovacuum %s, autoanalyze %s', relname,
 							 n_tup_upd, n_tup_del, autovacuum_count, autoanalyze_count), '; ' ORDER BY relname)
 	  FROM pg_stat_user_tables
-	 WHERE schemaname = 'smartconnector' AND relname IN ('execution', 'queue', 'delivery')});
+	 WHERE schemaname IN ('smartconnector', 'smartconnector_internal') AND relname IN ('execution', 'queue', 'delivery')});
 note("after $rounds rounds of 50: $stats");
 is($node->safe_psql('postgres', $vacuumed), 't',
 	'autovacuum and autoanalyze processed execution, queue and delivery under load')

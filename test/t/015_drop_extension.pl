@@ -109,7 +109,7 @@ ok($said >= 1 && $said <= 2, "the launcher and the dispatcher said why once each
 unlike($log, qr/ERROR/, 'and nothing failed');
 $node->safe_psql('postgres', qq{
 	UPDATE pg_extension SET extversion = '$version' WHERE extname = 'smartconnector';
-	SELECT smartconnector.wake_at_commit();});
+	SELECT smartconnector_internal.wake_at_commit();});
 wait_until($node, "SELECT count(*) = 5 FROM smartconnector.execution WHERE id IN (" . join(',', @waiting) . ") AND state = 'success'",
 	'once the versions agree again, the queued executions run');
 $node->wait_for_log(qr/smartconnector extension version \Q$version\E is installed: resuming/, $log_at);
