@@ -7,8 +7,9 @@
  * smartconnector.create_connector().  CHECK constraints back the trigger up
  * for the invariants that must hold even when triggers are disabled.
  *
- * Version 0.1 is unreleased; this script becomes immutable at the first
- * tagged release, after which changes go to upgrade scripts.
+ * Released as 0.1 (tag v0.1.0) and never edited again: test/released.sha256
+ * holds its checksum.  Later versions change the schema in upgrade scripts
+ * (smartconnector--0.1--0.2.sql, ...), which CREATE EXTENSION runs too.
  */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
