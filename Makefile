@@ -22,7 +22,7 @@ OBJS = \
 	src/cron.o \
 	src/worker.o
 
-DATA = sql/smartconnector--0.1.sql
+DATA = sql/smartconnector--0.1.sql sql/smartconnector--0.1--0.2.sql
 
 REGRESS = settings access audit executions dispatch operations
 REGRESS_OPTS = --temp-instance=./tmp_check_regress \

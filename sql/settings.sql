@@ -88,6 +88,19 @@ SELECT smartconnector.set_max_concurrent_executions('customers', 8);
 SELECT max_concurrent_executions FROM smartconnector.connector WHERE api_name = 'customers';
 
 --
+-- max_duration (0.2): NULL (no limit) by default, otherwise positive; audited
+--
+SELECT max_duration FROM smartconnector.connector WHERE api_name = 'customers';
+UPDATE smartconnector.connector SET max_duration = '0 seconds' WHERE api_name = 'customers';
+UPDATE smartconnector.connector SET max_duration = '-5 minutes' WHERE api_name = 'customers';
+UPDATE smartconnector.connector SET max_duration = '90 minutes' WHERE api_name = 'customers';
+SELECT max_duration, smartconnector.describe('customers') -> 'max_duration' AS described
+  FROM smartconnector.connector WHERE api_name = 'customers';
+SELECT column_name, old_value, new_value FROM smartconnector.settings_history
+ WHERE api_name = 'customers' AND column_name = 'max_duration';
+UPDATE smartconnector.connector SET max_duration = NULL WHERE api_name = 'customers';
+
+--
 -- email columns: exactly one valid address each
 --
 UPDATE smartconnector.connector SET notification_email = 'ops@example.com',

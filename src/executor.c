@@ -406,6 +406,7 @@ run_execution(int64 execution_id)
 	volatile bool completed = false;
 	char	   *volatile error = NULL;
 	char	   *volatile error_meta = NULL;
+	char		max_duration[SC_MAX_DURATION_TEXT];
 
 	memset(&info, 0, sizeof(info));
 	info.execution_id = execution_id;
@@ -436,6 +437,10 @@ run_execution(int64 execution_id)
 					 errdetail_internal("%s", info.problem)));
 
 		result = call_handler(&info);
+		if (sc_my_overrun(max_duration))	/* it caught the cancel and returned */
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("canceling statement due to max_duration")));
 
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
 		sc_privileged_begin(&priv);
@@ -477,6 +482,14 @@ run_execution(int64 execution_id)
 		error = edata->message;
 		error_meta = sc_error_metadata(unpack_sql_state(edata->sqlerrcode), edata->detail,
 									   edata->hint, edata->context);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && sc_my_overrun(max_duration))
+		{
+			/* the launcher's query cancel, not the handler's error */
+			error = psprintf("execution exceeded max_duration (%s)", max_duration);
+			error_meta = sc_error_metadata("57014",
+										   "The launcher stopped the handler: the connector's max_duration had passed.",
+										   NULL, edata->context);
+		}
 	}
 	PG_END_TRY();
 

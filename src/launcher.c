@@ -95,7 +95,7 @@
 typedef struct Stopped
 {
 	int64		execution_id;
-	const char *reason;
+	char	   *reason;			/* in TopMemoryContext */
 	bool		cancelled;		/* it was cancel() that the handler ignored */
 } Stopped;
 static Stopped stopped[MAX_STOPPED];
@@ -129,6 +129,8 @@ static bool start_failure_logged = false;
 static bool cleanup_batch(void);
 static bool in_subtransaction(void (*work) (void *), void *arg);
 static void bind_foreign_connectors(void *arg);
+static void remember_stop(int64 id, bool cancelled, const char *reason);
+static void stop_overrunning(void);
 static void stop_overdue_handlers(void);
 static char *stopped_reasons(void);
 static bool fail_unrunnable(Oid role, const char *run_as, const char *problem);
@@ -277,6 +279,79 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 }
 
 /*
+ * Remember why the launcher stopped execution id, for the message it ends
+ * with (launcher_pass() ends it once its runner is gone).  reason is kept:
+ * a constant, or allocated in TopMemoryContext here.
+ */
+static void
+remember_stop(int64 id, bool cancelled, const char *reason)
+{
+	if (n_stopped == MAX_STOPPED)
+	{
+		pfree(stopped[0].reason);
+		memmove(&stopped[0], &stopped[1], sizeof(Stopped) * (MAX_STOPPED - 1));
+		n_stopped--;
+	}
+	stopped[n_stopped].execution_id = id;
+	stopped[n_stopped].cancelled = cancelled;
+	stopped[n_stopped].reason = MemoryContextStrdup(TopMemoryContext, reason);
+	n_stopped++;
+}
+
+/*
+ * Stop the executions that have run longer than their connector's
+ * max_duration (sc_stop_overrun()).  An external runner's session is
+ * terminated, and its execution ends failed at the next pass, once the
+ * session is gone, with the reason remembered here; an executor's handler
+ * gets a query cancel, and the executor ends the execution failed itself.
+ * The deadline is the connector's current max_duration, so a changed one
+ * applies to running executions too.
+ */
+static void
+stop_overrunning(void)
+{
+	SPITupleTable *overdue;
+	uint64		n;
+
+	if (SPI_execute("SELECT e.id, c.max_duration::text"
+					"  FROM smartconnector.execution e"
+					"  JOIN smartconnector.connector c ON c.id = e.connector_id"
+					" WHERE e.state = 'running' AND c.max_duration IS NOT NULL"
+					"   AND e.started_at + c.max_duration <= pg_catalog.clock_timestamp()"
+					" ORDER BY e.id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the executions that exceeded max_duration");
+	overdue = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(overdue->vals[i], overdue->tupdesc, 1, &isnull));
+		char	   *max_duration = SPI_getvalue(overdue->vals[i], overdue->tupdesc, 2);
+
+		switch (sc_stop_overrun(id, max_duration))
+		{
+			case SC_OVERRUN_TERMINATED:
+				ereport(LOG,
+						(errmsg("smartconnector terminates the runner session of execution %lld: it exceeded max_duration (%s)",
+								(long long) id, max_duration)));
+				remember_stop(id, false,
+							  psprintf("execution exceeded max_duration (%s): its runner's session was terminated",
+									   max_duration));
+				break;
+			case SC_OVERRUN_INTERRUPTED:
+				ereport(LOG,
+						(errmsg("smartconnector stops execution %lld: it exceeded max_duration (%s)",
+								(long long) id, max_duration)));
+				break;
+			case SC_OVERRUN_LATER:
+			case SC_OVERRUN_GONE:
+				break;
+		}
+	}
+	SPI_freetuptable(overdue);
+}
+
+/*
  * Terminate executors whose handler has not stopped by its slot's stop_by
  * (it caught the query cancel of cancel() or of its statement_timeout), and
  * remember why, for the message its execution ends with.
@@ -292,6 +367,7 @@ stop_overdue_handlers(void)
 		int64		id = (int64) pg_atomic_read_u64(&slot->execution_id);
 		pid_t		pid = 0;
 		bool		for_cancel = false;
+		char		overran[SC_MAX_DURATION_TEXT] = "";
 
 		if (id == 0)
 			continue;
@@ -300,6 +376,7 @@ stop_overdue_handlers(void)
 		{
 			pid = slot->pid;
 			for_cancel = slot->stop_for_cancel;
+			strlcpy(overran, slot->overran, sizeof(overran));
 			slot->stop_by = 0;	/* once */
 		}
 		SpinLockRelease(&sc_shared->mutex);
@@ -308,18 +385,14 @@ stop_overdue_handlers(void)
 		ereport(LOG,
 				(errmsg("smartconnector terminates the executor (pid %d) of execution %lld: its handler did not stop %s",
 						(int) pid, (long long) id,
-						for_cancel ? "when it was cancelled" : "at its statement_timeout")));
-		if (n_stopped == MAX_STOPPED)
-		{
-			memmove(&stopped[0], &stopped[1], sizeof(Stopped) * (MAX_STOPPED - 1));
-			n_stopped--;
-		}
-		stopped[n_stopped].execution_id = id;
-		stopped[n_stopped].cancelled = for_cancel;
-		stopped[n_stopped].reason = for_cancel ?
-			"the handler did not stop when it was cancelled: its executor was terminated" :
-			"canceling statement due to statement timeout: the handler did not stop, and its executor was terminated";
-		n_stopped++;
+						for_cancel ? "when it was cancelled" :
+						overran[0] != '\0' ? "at its max_duration" : "at its statement_timeout")));
+		remember_stop(id, for_cancel,
+					  for_cancel ? "the handler did not stop when it was cancelled: its executor was terminated" :
+					  overran[0] != '\0' ?
+					  psprintf("execution exceeded max_duration (%s): the handler did not stop, and its executor was terminated",
+							   overran) :
+					  "canceling statement due to statement timeout: the handler did not stop, and its executor was terminated");
 		kill(pid, SIGTERM);
 	}
 }
@@ -396,6 +469,8 @@ launcher_pass(int *running, List **demand, bool *more)
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "smartconnector_internal.launcher_pass() failed: %s", SPI_result_code_string(ret));
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (*running > 0)
+			stop_overrunning();
 
 		/* per role: what may start now, what runs, and whether it can be connected as */
 		ret = SPI_execute_with_args(
@@ -454,7 +529,8 @@ launcher_pass(int *running, List **demand, bool *more)
 	{
 		/* dropped (or being dropped): what we knew was of the old tables */
 		bound = false;
-		n_stopped = 0;
+		while (n_stopped > 0)
+			pfree(stopped[--n_stopped].reason);
 	}
 	sc_work_commit();
 	return installed;

@@ -146,6 +146,7 @@ sc_occupy_slot(int64 execution_id)
 	slot->stop_by = 0;
 	slot->stop_for_cancel = false;
 	slot->cancel_pending = false;
+	slot->overran[0] = '\0';
 	SpinLockRelease(&sc_shared->mutex);
 	pg_atomic_write_u64(&slot->execution_id, (uint64) execution_id);
 	sc_forget_current_on_abort();
@@ -280,6 +281,7 @@ sc_clear_current(void)
 		slot->stop_by = 0;
 		slot->stop_for_cancel = false;
 		slot->cancel_pending = false;
+		slot->overran[0] = '\0';
 		SpinLockRelease(&sc_shared->mutex);
 		pg_atomic_write_u64(&slot->execution_id, 0);
 	}

@@ -289,7 +289,8 @@ sc_progress_slot_owner(int index, pid_t pid)
 
 /*
  * Set (or with 0 clear) the moment by which this backend's handler must
- * have stopped, for a statement_timeout.  A deadline from cancel() stays.
+ * have stopped, for a statement_timeout.  A deadline from cancel() or from
+ * max_duration stays.
  */
 void
 sc_set_stop_by(TimestampTz stop_by, bool for_cancel)
@@ -299,7 +300,7 @@ sc_set_stop_by(TimestampTz stop_by, bool for_cancel)
 	if (slot == NULL)
 		return;
 	SpinLockAcquire(&sc_shared->mutex);
-	if (for_cancel || !slot->stop_for_cancel)
+	if (for_cancel || (!slot->stop_for_cancel && slot->overran[0] == '\0'))
 	{
 		slot->stop_by = stop_by;
 		slot->stop_for_cancel = for_cancel && stop_by != 0;
@@ -373,4 +374,78 @@ executor_slots(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * Stop execution_id, which has run longer than its connector's
+ * max_duration (text form, for messages), once: an executor in user code
+ * gets a query cancel and smartconnector.cancel_grace to stop (then the
+ * launcher terminates it); an external runner's session is terminated, as
+ * nothing else makes an external program stop.  An executor not in user
+ * code yet is stopped at a later pass.  The launcher calls this.
+ */
+ScOverrun
+sc_stop_overrun(int64 execution_id, const char *max_duration)
+{
+	ScOverrun	result = SC_OVERRUN_GONE;
+	int			index = -1;
+	pid_t		pid = 0;
+	int			sig = 0;
+
+	SpinLockAcquire(&sc_shared->mutex);
+	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	{
+		ScProgressSlot *slot = &sc_shared->progress[i];
+
+		if ((int64) pg_atomic_read_u64(&slot->execution_id) != execution_id ||
+			slot->phase == SC_PHASE_IDLE)
+			continue;
+		index = i;
+		result = SC_OVERRUN_LATER;
+		if (slot->overran[0] != '\0')
+			break;				/* told already: the launcher's deadline follows */
+		if (slot->phase == SC_PHASE_EXTERNAL)
+		{
+			result = SC_OVERRUN_TERMINATED;
+			sig = SIGTERM;
+		}
+		else if (SC_PHASE_RUNS_USER_CODE(slot->phase))
+		{
+			result = SC_OVERRUN_INTERRUPTED;
+			sig = SIGINT;
+			if (!slot->stop_for_cancel)
+				slot->stop_by = GetCurrentTimestamp() + (TimestampTz) sc_cancel_grace_ms * 1000;
+		}
+		else
+			break;
+		strlcpy(slot->overran, max_duration, sizeof(slot->overran));
+		pid = slot->pid;
+		break;
+	}
+	SpinLockRelease(&sc_shared->mutex);
+
+	if (sig != 0 && sc_progress_slot_owner(index, pid))
+		kill(pid, sig);
+	return result;
+}
+
+/*
+ * Whether the launcher stopped this backend's execution for running longer
+ * than max_duration; if so, copies the max_duration's text into
+ * max_duration (SC_MAX_DURATION_TEXT bytes).
+ */
+bool
+sc_my_overrun(char *max_duration)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+	bool		overran;
+
+	if (slot == NULL)
+		return false;
+	SpinLockAcquire(&sc_shared->mutex);
+	overran = slot->overran[0] != '\0';
+	if (overran)
+		strlcpy(max_duration, slot->overran, SC_MAX_DURATION_TEXT);
+	SpinLockRelease(&sc_shared->mutex);
+	return overran;
 }

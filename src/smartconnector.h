@@ -21,9 +21,12 @@
 #include "storage/spin.h"
 #include "utils/guc.h"
 
-#define SC_VERSION "0.1"
+#define SC_VERSION "0.2"
 /* where the implementations and internals live (see sql/smartconnector--0.1.sql) */
 #define SC_INTERNAL_SCHEMA "smartconnector_internal"
+
+/* Room for an interval's text form in a progress slot (ScProgressSlot.overran) */
+#define SC_MAX_DURATION_TEXT		64
 
 /* Limits on settings values, enforced by the validators in catalog.c/http.c */
 #define SC_MAX_URL_LENGTH			2048
@@ -90,7 +93,20 @@ typedef struct ScProgressSlot
 	TimestampTz stop_by;
 	bool		stop_for_cancel;	/* stop_by comes from cancel() */
 	bool		cancel_pending; /* cancelled before its handler started */
+	/* the connector's max_duration, as text, once the launcher stopped the
+	 * execution for running longer ("": not stopped); protected by
+	 * ScShared.mutex */
+	char		overran[SC_MAX_DURATION_TEXT];
 } ScProgressSlot;
+
+/* What sc_stop_overrun() did */
+typedef enum ScOverrun
+{
+	SC_OVERRUN_LATER,			/* nothing now: not in user code yet, or already told */
+	SC_OVERRUN_INTERRUPTED,		/* the handler got a query cancel */
+	SC_OVERRUN_TERMINATED,		/* the external runner's session was terminated */
+	SC_OVERRUN_GONE				/* no live runner: ended as a runner that died */
+} ScOverrun;
 
 /* Phases in which a runner runs user code: cancel() interrupts it there */
 #define SC_PHASE_RUNS_USER_CODE(phase) \
@@ -179,6 +195,8 @@ extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id, bool committing_only);
 extern bool sc_runner_alive(int64 execution_id);
 extern void sc_set_stop_by(TimestampTz stop_by, bool for_cancel);
+extern ScOverrun sc_stop_overrun(int64 execution_id, const char *max_duration);
+extern bool sc_my_overrun(char *max_duration);
 
 /* admission.c */
 extern bool sc_lock_admissions(int64 connector_id, bool wait);

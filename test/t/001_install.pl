@@ -29,7 +29,7 @@ like($stderr, qr/smartconnector can only be created in database "postgres"/,
 	'error names the served database');
 $node->safe_psql('postgres', 'CREATE EXTENSION smartconnector');
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'smartconnector'"),
-	'0.1', 'installed in the served database');
+	'0.2', 'installed in the served database');
 is($node->safe_psql('postgres', 'SHOW smartconnector.database_name'),
 	'postgres', 'database_name GUC is defined');
 ($ret, $stdout, $stderr) = $node->psql('postgres', 'SET smartconnector.no_such_setting = 1');
