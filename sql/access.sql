@@ -141,7 +141,7 @@ SELECT p.proname, p.prosecdef AS entry_definer, i.prosecdef AS impl_definer,
 --
 SELECT p.oid::regprocedure AS api_function
   FROM pg_proc p WHERE p.pronamespace = 'smartconnector'::regnamespace
- ORDER BY p.proname, 1::text;
+ ORDER BY p.oid::regprocedure::text;
 SELECT 'function' AS kind, p.oid::regprocedure::text AS uncommented
   FROM pg_proc p
  WHERE p.pronamespace = 'smartconnector'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
@@ -164,6 +164,13 @@ SELECT r.rolname, has_schema_privilege(r.oid, 'smartconnector_internal', 'USAGE'
  ORDER BY 1;
 SELECT has_schema_privilege('public', 'smartconnector_internal', 'USAGE') AS public_internal_usage,
        has_schema_privilege('public', 'smartconnector_internal', 'CREATE') AS public_internal_create;
+-- what PUBLIC may execute, all of it (a function added by an upgrade script
+-- without a REVOKE shows up here)
+SELECT p.oid::regprocedure AS public_function
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'smartconnector'
+ WHERE has_function_privilege('public', p.oid, 'EXECUTE')
+ ORDER BY p.oid::regprocedure::text;
 -- no internal function (one without a COMMENT: admission locks, wakeups,
 -- the session's current execution, e.g. forget_current()) is executable by
 -- PUBLIC, so neither a handler nor a runner can reach it
