@@ -53,10 +53,12 @@ PG_FUNCTION_INFO_V1(complete_execution);
 PG_FUNCTION_INFO_V1(execution_ended);
 
 /*
- * Connectors with queued work that admission considers, oldest head first.
- * More than smartconnector.max_workers can be (128): a connector at its
- * limit has at least one execution running, on an executor, so the list
- * always reaches past the full ones.
+ * Connectors with queued work that admission considers: those with nothing
+ * running first, then the others, each group oldest head first (fairness:
+ * a connector that waits behind another's backlog gets the next free
+ * executor).  More than smartconnector.max_workers can be (128): a
+ * connector at its limit has at least one execution running, on an
+ * executor, so the list always reaches past the full ones.
  */
 #define MAX_CANDIDATES 256
 /* admit_connector(): the connector's admission lock is held elsewhere */
@@ -71,7 +73,12 @@ typedef struct Candidate
 	int64		connector_id;
 	int64		limit;
 	int64		head;			/* oldest queued execution when last seen */
+	int64		running;		/* its running executions when last seen */
 } Candidate;
+
+/* Whether candidate a comes before b: nothing running first, then by head */
+#define CANDIDATE_BEFORE(a, b) \
+	(((a).running == 0) != ((b).running == 0) ? (a).running == 0 : (a).head < (b).head)
 
 static Candidate candidates[MAX_CANDIDATES];
 static int	n_candidates = 0;
@@ -306,15 +313,17 @@ load_candidates(Oid role)
 	Datum		args[1] = {ObjectIdGetDatum(role)};
 
 	if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
-		"SELECT c.id, c.max_concurrent_executions::bigint, head.execution_id"
+		"SELECT c.id, c.max_concurrent_executions::bigint, head.execution_id, run.n"
 		"  FROM smartconnector.connector c"
 		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector_internal.queue q"
 		"                      WHERE q.connector_id = c.id"
 		"                      ORDER BY q.execution_id LIMIT 1) head"
+		" CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e"
+		"                      WHERE e.connector_id = c.id AND e.state = 'running') run"
 		" WHERE c.handler IS NOT NULL AND c.run_as_oid = $1"
 		"   AND c.status IN ('operational', 'need_attention')"
 		"   AND c.max_concurrent_executions > 0"
-		" ORDER BY head.execution_id",
+		" ORDER BY run.n > 0, head.execution_id",
 		1, types), args, NULL, false, MAX_CANDIDATES) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for admissible executions");
 	n_candidates = (int) SPI_processed;
@@ -326,17 +335,19 @@ load_candidates(Oid role)
 		candidates[i].connector_id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		candidates[i].limit = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		candidates[i].head = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+		candidates[i].running = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
 	candidates_loaded_at = GetCurrentTimestamp();
 }
 
 /*
- * Candidate i was admitted from and its next head is next_head (0: queue
- * empty): move it to its place in head order, or drop it.
+ * Candidate i was tried, admitted one execution if admitted, and its next
+ * head is next_head (0: queue empty): move it to its place in the list, or
+ * drop it.
  */
 static void
-reposition_candidate(int i, int64 next_head)
+reposition_candidate(int i, bool admitted, int64 next_head)
 {
 	Candidate	c = candidates[i];
 
@@ -345,7 +356,9 @@ reposition_candidate(int i, int64 next_head)
 	if (next_head == 0)
 		return;
 	c.head = next_head;
-	for (i = n_candidates; i > 0 && candidates[i - 1].head > next_head; i--)
+	if (admitted)
+		c.running++;
+	for (i = n_candidates; i > 0 && CANDIDATE_BEFORE(c, candidates[i - 1]); i--)
 		candidates[i] = candidates[i - 1];
 	candidates[i] = c;
 	n_candidates++;
@@ -396,7 +409,7 @@ admit_from_candidates(void)
 				busy = candidates[i].connector_id;
 			continue;
 		}
-		reposition_candidate(i, next_head);
+		reposition_candidate(i, id != 0, next_head);
 		if (id != 0)
 			return id;
 		i--;					/* the next candidate moved into place i */
@@ -408,13 +421,14 @@ admit_from_candidates(void)
 		return 0;
 	i = candidate_index(busy);
 	if (i >= 0)
-		reposition_candidate(i, next_head);
+		reposition_candidate(i, id != 0, next_head);
 	return id;
 }
 
 /*
  * Admit the next admissible execution of any connector with a handler that
- * runs as role (an executor serves one role), the oldest queued first: mark
+ * runs as role (an executor serves one role), from a connector with nothing
+ * running first, otherwise the oldest queued first (see candidates): mark
  * it running and make this backend its runner.  Returns its id, or 0 when
  * nothing may start now.  Runs in the caller's transaction.
  *
