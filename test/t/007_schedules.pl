@@ -136,7 +136,7 @@ $cleaner->quit;
 # --- the README's daily-operations block runs as written ---
 my $readme = slurp_file("$ENV{TESTDIR}/README.md") if -e "$ENV{TESTDIR}/README.md";
 $readme //= slurp_file('README.md');
-my ($block) = $readme =~ /### Daily operations.*?```sql\n(.*?)```/s;
+my ($block) = $readme =~ /### Daily operations.*?```sql\n(-- Pause without deactivating.*?)```/s;
 ok(defined $block && length $block > 100, 'found the walk-through in README.md');
 $node->safe_psql('postgres', q{
 	SELECT smartconnector.create_connector('Orders', 'orders_sync', status => 'operational',
