@@ -31,6 +31,11 @@ SELECT api_name, status, execution_ended_webhook_url FROM smartconnector.connect
 SELECT webhook_secret FROM smartconnector.connector;
 SELECT webhook_headers FROM smartconnector.connector;
 SELECT * FROM smartconnector.connector;
+-- the same hint for a whole-row reference, in a function body, and through a join
+SELECT c FROM smartconnector.connector c;
+DO $$ BEGIN PERFORM * FROM smartconnector.connector; END $$;
+SELECT a.alias, c.webhook_secret FROM smartconnector.api_name_alias a
+  JOIN smartconnector.connector c ON c.id = a.connector_id;
 SELECT smartconnector.describe('invoices') ->> 'webhook_signed' AS signed,
        smartconnector.describe('invoices') -> 'webhook_header_names' AS header_names;
 SELECT count(*) > 0 AS sees_history FROM smartconnector.settings_history;

@@ -16,11 +16,16 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/sysattr.h"
+#include "access/xact.h"
+#include "catalog/pg_attribute.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/base64.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "parser/analyze.h"
 #include "postmaster/bgworker.h"
 #include "utils/guc.h"
 #include "nodes/pg_list.h"
@@ -394,4 +399,103 @@ caller_trigger_type(PG_FUNCTION_ARGS)
 	else if (appname != NULL && strcmp(appname, "psql") == 0)
 		type = "manual";
 	PG_RETURN_TEXT_P(cstring_to_text(type));
+}
+
+/*
+ * A viewer may read every column of smartconnector.connector except the
+ * secrets, so "SELECT * FROM smartconnector.connector", the first thing one
+ * types, fails with PostgreSQL's bare "permission denied for table
+ * connector".  Just after parse analysis, before the executor's privilege
+ * check would say that, a query that reads columns of the table, some of
+ * them not readable by the role, gets the same error (42501) with the
+ * columns it may not read and the way to the others.  Roles that may read
+ * no column at all get PostgreSQL's own error, unexplained.  Only the
+ * query's own range table is looked at (not subqueries or CTEs).
+ */
+static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
+
+static void
+explain_connector_columns(RangeTblEntry *rte)
+{
+	Oid			user = OidIsValid(rte->checkAsUser) ? rte->checkAsUser : GetUserId();
+	StringInfoData denied;
+	StringInfoData readable;
+	bool		whole_row;
+	HeapTuple	tup;
+	int			n_denied = 0;
+
+	if (pg_class_aclcheck(rte->relid, user, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(rte->relid, user, ACL_SELECT, ACLMASK_ANY) != ACLCHECK_OK)
+		return;
+
+	whole_row = bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber,
+							  rte->selectedCols);
+	initStringInfo(&denied);
+	initStringInfo(&readable);
+	for (AttrNumber att = 1;
+		 HeapTupleIsValid(tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(rte->relid), Int16GetDatum(att)));
+		 att++)
+	{
+		Form_pg_attribute form = (Form_pg_attribute) GETSTRUCT(tup);
+		char	   *name = pstrdup(NameStr(form->attname));
+		bool		dropped = form->attisdropped;
+		StringInfo	into;
+
+		ReleaseSysCache(tup);
+		if (dropped)
+			continue;
+		if (pg_attribute_aclcheck(rte->relid, att, user, ACL_SELECT) == ACLCHECK_OK)
+			into = &readable;
+		else if (whole_row ||
+				 bms_is_member(att - FirstLowInvalidHeapAttributeNumber, rte->selectedCols))
+			into = &denied;
+		else
+			continue;
+		appendStringInfo(into, "%s%s", into->len > 0 ? ", " : "", name);
+		if (into == &denied)
+			n_denied++;
+	}
+	if (denied.len == 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for table %s", get_rel_name(rte->relid)),
+			 errdetail_plural("Role \"%s\" may not read column %s.",
+							  "Role \"%s\" may not read columns %s.", n_denied,
+							  GetUserNameFromId(user, false), denied.data),
+			 errhint("Select only readable columns (%s), or call smartconnector.describe(api_name).",
+					 readable.data)));
+}
+
+static void
+connector_columns_hook(ParseState *pstate, Query *query, JumbleState *jstate)
+{
+	Oid			nsp;
+	Oid			connector;
+
+	if (prev_post_parse_analyze)
+		prev_post_parse_analyze(pstate, query, jstate);
+	if (query->commandType != CMD_SELECT || query->rtable == NIL || !IsTransactionState())
+		return;
+	nsp = get_namespace_oid("smartconnector", true);
+	if (!OidIsValid(nsp))
+		return;
+	connector = get_relname_relid("connector", nsp);
+	if (!OidIsValid(connector))
+		return;
+	for (ListCell *lc = list_head(query->rtable); lc != NULL; lc = lnext(query->rtable, lc))
+	{
+		RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+
+		if (rte->rtekind == RTE_RELATION && rte->relid == connector &&
+			(rte->requiredPerms & ACL_SELECT) != 0)
+			explain_connector_columns(rte);
+	}
+}
+
+void
+sc_install_column_hint_hook(void)
+{
+	prev_post_parse_analyze = post_parse_analyze_hook;
+	post_parse_analyze_hook = connector_columns_hook;
 }

@@ -304,6 +304,7 @@ _PG_init(void)
 
 	sc_shmem_install_hooks();
 	sc_install_utility_hook();
+	sc_install_column_hint_hook();
 	sc_register_launcher();
 	sc_register_dispatcher();
 }

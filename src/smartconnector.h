@@ -229,6 +229,8 @@ extern char *sc_end_execution(int64 execution_id, const int64 *counts, const cha
 extern int64 sc_current_execution_id(void);
 extern void sc_occupy_slot(int64 execution_id);
 extern void sc_install_utility_hook(void);
+/* catalog.c */
+extern void sc_install_column_hint_hook(void);
 extern void sc_begin_current(int64 execution_id, int64 connector_id,
 							 bool diff_check, bool dry_run, ScPhase phase);
 extern bool sc_set_phase(ScPhase phase);
