@@ -63,6 +63,64 @@ AS $$
 	 WHERE c.id = smartconnector.connector_id($1)
 $$;
 
+/*
+ * trigger() also says when an execution of a connector without a handler
+ * waits for an external runner: none has a claim on the connector now.
+ */
+CREATE OR REPLACE FUNCTION smartconnector_internal.trigger_impl(api_name text, input jsonb,
+									   disable_diff_check boolean,
+									   dry_run boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cid bigint := smartconnector.connector_id(trigger_impl.api_name);
+	new_id bigint;
+	c record;
+	running integer;
+	busy integer;
+BEGIN
+	new_id := smartconnector_internal.enqueue(cid, trigger_impl.input, trigger_impl.disable_diff_check,
+									 trigger_impl.dry_run, smartconnector.caller_trigger_type(),
+									 smartconnector.calling_role());
+	SELECT x.api_name, x.status, x.max_concurrent_executions AS max, x.handler INTO c
+	  FROM smartconnector.connector x WHERE x.id = cid;
+	IF c.status NOT IN ('operational', 'need_attention') THEN
+		RAISE NOTICE 'execution % waits: connector "%" is %', new_id, c.api_name, c.status
+			USING HINT = 'Only operational and need_attention connectors execute; it runs once the status is set to operational.';
+		RETURN new_id;
+	END IF;
+	IF c.max = 0 THEN
+		RAISE NOTICE 'execution % waits: connector "%" is paused (max_concurrent_executions is 0)', new_id, c.api_name
+			USING HINT = format('smartconnector.set_max_concurrent_executions(%L, 1) lets it run.', c.api_name);
+		RETURN new_id;
+	END IF;
+	SELECT count(*) INTO running FROM smartconnector.execution e
+	 WHERE e.connector_id = cid AND e.state = 'running';
+	IF running >= c.max THEN
+		RAISE NOTICE 'execution % waits: connector "%" already runs % of at most % executions', new_id,
+			c.api_name, running, c.max;
+		RETURN new_id;
+	END IF;
+	IF c.handler IS NULL THEN
+		IF running = 0 THEN
+			RAISE NOTICE 'execution % waits for an external runner: connector "%" has no handler, and no runner has a claim now',
+				new_id, c.api_name
+				USING HINT = format('A runner program takes it with smartconnector.claim(%L).', c.api_name);
+		END IF;
+	ELSE
+		SELECT count(*) INTO busy FROM smartconnector.executor_slots() s WHERE s.state = 'busy';
+		IF busy >= pg_catalog.current_setting('smartconnector.max_workers')::integer THEN
+			RAISE NOTICE 'execution % waits for an executor: all % are busy', new_id, busy
+				USING HINT = 'The pool (smartconnector.max_workers) is shared by all connectors; the next free executor takes it.';
+		END IF;
+	END IF;
+	RETURN new_id;
+END
+$$;
+
 /* the workers speak this schema now: wake them rather than wait for their nap */
 SELECT smartconnector_internal.wake_at_commit();
 SELECT smartconnector_internal.wake_dispatcher_at_commit();

@@ -38,7 +38,14 @@ my @busy = map {
 } 101 .. 110;
 wait_until($node, "SELECT count(*) = 2 FROM smartconnector.execution WHERE state = 'running'",
 	'the busy connector takes both executors');
-my $idle = $node->safe_psql('postgres', q{SET client_min_messages = warning; SELECT smartconnector.trigger('idle')});
+my ($ret, $idle, $err) = $node->psql('postgres', q{SELECT smartconnector.trigger('idle')});
+like($err, qr/NOTICE:  execution $idle waits for an executor: all 2 are busy/,
+	'trigger() says the new execution waits for the pool');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(api_name || ': ' || coalesce(waiting_for, '-'), ', ' ORDER BY api_name)
+	  FROM smartconnector.overview}),
+	'busy: limit (2 running), idle: the executor pool (all busy), idle_too: -',
+	'the overview says what each connector waits for');
 my $idle_too = $node->safe_psql('postgres', q{SET client_min_messages = warning; SELECT smartconnector.trigger('idle_too')});
 
 sub state_of
