@@ -121,6 +121,93 @@ BEGIN
 END
 $$;
 
+/*
+ * Queue heads: one row per connector with a handler and queued work, with
+ * (about) its oldest queued execution, so that an executor finds the next
+ * connector to admit from by an index scan, however many connectors have
+ * work.  enqueue() adds the row, executors' admissions move or delete it,
+ * and the launcher repairs what they cannot see (src/admission.c,
+ * src/launcher.c).  Not dumped: the launcher rebuilds it from the queue.
+ * No unique key on purpose: an execution queued in a transaction that stays
+ * open must not make every other enqueue() of its connector wait for it to
+ * end (a unique check would).  Two enqueues that each see no row both add
+ * one; the rows of a connector are moved and deleted together, and readers
+ * take each connector once.
+ */
+CREATE TABLE smartconnector_internal.queue_head (
+	connector_id bigint NOT NULL
+		REFERENCES smartconnector.connector (id) ON DELETE CASCADE,
+	head bigint NOT NULL
+);
+CREATE INDEX queue_head_connector_idx ON smartconnector_internal.queue_head (connector_id);
+CREATE INDEX queue_head_head_idx ON smartconnector_internal.queue_head (head);
+COMMENT ON TABLE smartconnector_internal.queue_head IS
+	'Connectors with a handler and queued work, by their oldest queued execution (an ordering hint)';
+INSERT INTO smartconnector_internal.queue_head (connector_id, head)
+SELECT q.connector_id, min(q.execution_id)
+  FROM smartconnector_internal.queue q
+  JOIN smartconnector.connector c ON c.id = q.connector_id
+ WHERE c.handler IS NOT NULL
+ GROUP BY q.connector_id;
+REVOKE ALL ON smartconnector_internal.queue_head FROM PUBLIC;
+
+CREATE FUNCTION smartconnector_internal.lock_enqueue(connector_id bigint)
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'lock_enqueue';
+REVOKE ALL ON FUNCTION smartconnector_internal.lock_enqueue(bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION smartconnector_internal.enqueue(connector_id bigint, input jsonb, disable_diff_check boolean,
+									   dry_run boolean, trigger_type text, initiated_by name)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	new_id bigint;
+	has_handler boolean;
+BEGIN
+	input := coalesce(input, '{}'::jsonb);
+	/* the real size: pg_column_size() is the compressed one, and 40 MB of repeats compress well */
+	IF pg_catalog.octet_length(input::text) > 1048576 THEN
+		RAISE EXCEPTION 'execution input is too large'
+			USING ERRCODE = 'program_limit_exceeded',
+				  DETAIL = format('The input takes %s bytes as text; at most 1 MB is allowed.',
+								  pg_catalog.octet_length(input::text)),
+				  HINT = 'Pass a reference to the data instead of the data itself.';
+	END IF;
+	INSERT INTO smartconnector.execution
+		(connector_id, trigger_type, initiated_by, diff_check, dry_run, input)
+	SELECT c.id, enqueue.trigger_type, enqueue.initiated_by,
+		   c.diff_check AND NOT coalesce(disable_diff_check, false),
+		   coalesce(enqueue.dry_run, false), input
+	  FROM smartconnector.connector c
+	 WHERE c.id = enqueue.connector_id
+	RETURNING id INTO new_id;
+	IF new_id IS NULL THEN
+		RAISE EXCEPTION 'connector with id % does not exist', connector_id
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	/* executors find connectors with work by their queue head (src/admission.c) */
+	has_handler := (SELECT c.handler IS NOT NULL FROM smartconnector.connector c
+					 WHERE c.id = enqueue.connector_id);
+	IF has_handler THEN
+		PERFORM smartconnector_internal.lock_enqueue(enqueue.connector_id);
+	END IF;
+	INSERT INTO smartconnector_internal.queue (connector_id, execution_id)
+	VALUES (enqueue.connector_id, new_id);
+	IF has_handler THEN
+		INSERT INTO smartconnector_internal.queue_head (connector_id, head)
+		SELECT enqueue.connector_id, new_id
+		 WHERE NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h
+							WHERE h.connector_id = enqueue.connector_id);
+	END IF;
+	PERFORM smartconnector_internal.wake_at_commit();
+	RETURN new_id;
+END
+$$;
+
 /* the workers speak this schema now: wake them rather than wait for their nap */
 SELECT smartconnector_internal.wake_at_commit();
 SELECT smartconnector_internal.wake_dispatcher_at_commit();

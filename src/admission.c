@@ -36,6 +36,7 @@
 #include "smartconnector.h"
 
 PG_FUNCTION_INFO_V1(lock_admissions);
+PG_FUNCTION_INFO_V1(lock_enqueue);
 PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
 PG_FUNCTION_INFO_V1(wake_dispatcher_at_commit);
@@ -158,6 +159,54 @@ sc_admissions_locked_by_executors(int64 connector_id)
 		executors_only = found;
 	}
 	return executors_only;
+}
+
+/*
+ * The queue heads (smartconnector_internal.queue_head, one row per
+ * connector with a handler and queued work) are what executors read to
+ * find the next connector to admit from.  An admission that empties a
+ * connector's queue deletes its row, and must not do so while an execution
+ * of that connector is being queued by a transaction not yet committed: its
+ * queue row would then have no head row, and wait for the launcher's
+ * repair.  So enqueue() takes the connector's enqueue lock in share mode
+ * before it queues (enqueues never wait for each other), and the admission
+ * deletes the row only if it gets the lock exclusively without waiting,
+ * keeping it to the end of its own (short) transaction.
+ */
+static void
+enqueue_locktag(LOCKTAG *tag, int64 connector_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) ((uint64) connector_id >> 32),
+						 (uint32) connector_id,
+						 SC_LOCKSPACE_ENQUEUE);
+}
+
+/*
+ * lock_enqueue(connector_id bigint) returns void: the share lock enqueue()
+ * takes before it queues an execution, until the end of the transaction.
+ */
+Datum
+lock_enqueue(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	enqueue_locktag(&tag, PG_GETARG_INT64(0));
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Whether no transaction is queueing an execution of the connector now; if
+ * so, none can start to until this transaction ends.  Never waits.
+ */
+bool
+sc_lock_out_enqueues(int64 connector_id)
+{
+	LOCKTAG		tag;
+
+	enqueue_locktag(&tag, connector_id);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /*

@@ -129,6 +129,7 @@ static bool start_failure_logged = false;
 static bool cleanup_batch(void);
 static bool in_subtransaction(void (*work) (void *), void *arg);
 static void bind_foreign_connectors(void *arg);
+static void repair_queue_heads(void *arg);
 static void remember_stop(int64 id, bool cancelled, const char *reason);
 static void stop_overrunning(void);
 static void stop_overdue_handlers(void);
@@ -216,6 +217,31 @@ bind_foreign_connectors(void *arg)
 						(unsigned long long) SPI_processed)));
 	(void) set_config_option("smartconnector.internal_change", "", PGC_SUSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * Make the queue heads (admission.c) agree with the queue: a row for each
+ * connector with a handler and queued work, none for a connector without a
+ * handler.  enqueue() and the executors keep them so; this repairs what
+ * they cannot see: a handler set on a connector with a backlog, a queue
+ * restored from a dump, an admission that forgot a head while an execution
+ * was being queued.  One index probe per connector.
+ */
+static void
+repair_queue_heads(void *arg)
+{
+	if (SPI_execute("INSERT INTO smartconnector_internal.queue_head (connector_id, head)"
+					" SELECT c.id, q.head FROM smartconnector.connector c"
+					" CROSS JOIN LATERAL (SELECT min(x.execution_id) AS head"
+					"                       FROM smartconnector_internal.queue x"
+					"                      WHERE x.connector_id = c.id) q"
+					" WHERE c.handler IS NOT NULL AND q.head IS NOT NULL"
+					"   AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h"
+					"                    WHERE h.connector_id = c.id)", false, 0) != SPI_OK_INSERT ||
+		SPI_execute("DELETE FROM smartconnector_internal.queue_head h"
+					" USING smartconnector.connector c"
+					" WHERE c.id = h.connector_id AND c.handler IS NULL", false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not repair the queue heads");
 }
 
 /* One connector's queued executions to fail (fail_unrunnable) */
@@ -431,6 +457,7 @@ launcher_pass(int *running, List **demand, bool *more)
 {
 	static bool bound = false;
 	static TimestampTz last_bind = 0;
+	static TimestampTz last_repair = 0;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	bool		installed = false;
 	int			ret;
@@ -471,6 +498,11 @@ launcher_pass(int *running, List **demand, bool *more)
 		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		if (*running > 0)
 			stop_overrunning();
+		if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_repair, LAUNCHER_BUSY_NAPTIME_MS))
+		{
+			(void) in_subtransaction(repair_queue_heads, NULL);
+			last_repair = GetCurrentTimestamp();
+		}
 
 		/* per role: what may start now, what runs, and whether it can be connected as */
 		ret = SPI_execute_with_args(

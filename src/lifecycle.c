@@ -32,14 +32,22 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/json.h"
@@ -56,9 +64,11 @@ PG_FUNCTION_INFO_V1(execution_ended);
  * Connectors with queued work that admission considers: those with nothing
  * running first, then the others, each group oldest head first (fairness:
  * a connector that waits behind another's backlog gets the next free
- * executor).  More than smartconnector.max_workers can be (128): a
- * connector at its limit has at least one execution running, on an
- * executor, so the list always reaches past the full ones.
+ * executor).  The oldest 2 * max_workers + 16 by head, at most
+ * MAX_CANDIDATES: a connector at its limit has at least one execution
+ * running, on an executor, so no more than max_workers of them are full,
+ * and the list always reaches past them to the oldest one with nothing
+ * running.
  */
 #define MAX_CANDIDATES 256
 /* admit_connector(): the connector's admission lock is held elsewhere */
@@ -85,6 +95,8 @@ static int	n_candidates = 0;
 static TimestampTz candidates_loaded_at = 0;
 
 static SPIPlanPtr candidates_plan = NULL;
+static SPIPlanPtr head_plan = NULL;
+static SPIPlanPtr forget_head_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr take_plan = NULL;
@@ -174,6 +186,41 @@ count_running(int64 connector_id)
 		elog(ERROR, "could not count running executions of connector %lld",
 			 (long long) connector_id);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * After an executor's admission attempt: keep the connector's queue head
+ * row up to date, with its next queued execution, or with no row once
+ * nothing is queued, unless an execution of it is being queued right now
+ * (admission.c): the row then stays, and the next attempt forgets it.  The
+ * head is only an ordering hint; what is admitted is always the queue's
+ * real head, read under the admission lock.
+ */
+static void
+update_queue_head(int64 connector_id, int64 next_head)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(connector_id), Int64GetDatum(next_head)};
+
+	if (next_head != 0)
+	{
+		if (SPI_execute_plan(sc_keep_plan(&head_plan,
+			"UPDATE smartconnector_internal.queue_head h SET head = $2"
+			" WHERE h.connector_id = $1 AND h.head <> $2",
+			2, types), args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not move the queue head of connector %lld", (long long) connector_id);
+	}
+	else if (sc_lock_out_enqueues(connector_id))
+	{
+		/* a statement that starts after the lock: it sees every queued execution */
+		if (SPI_execute_plan(sc_keep_plan(&forget_head_plan,
+			"DELETE FROM smartconnector_internal.queue_head h"
+			" WHERE h.connector_id = $1"
+			"   AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue q"
+			"                    WHERE q.connector_id = $1)",
+			1, types), args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not forget the queue head of connector %lld", (long long) connector_id);
+	}
 }
 
 /*
@@ -271,6 +318,8 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 			Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
 			*next_head = isnull ? 0 : DatumGetInt64(next);
+			if (for_executor)
+				update_queue_head(connector_id, *next_head);
 
 			if (occupy)
 				sc_occupy_slot(id);
@@ -283,6 +332,8 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 			elog(ERROR, "could not read the queue of connector %lld", (long long) connector_id);
 		if (SPI_processed == 0)
 		{
+			if (for_executor)
+				update_queue_head(connector_id, 0);
 			sc_unlock_admissions(connector_id);
 			return 0;
 		}
@@ -309,35 +360,101 @@ admit_connector(int64 connector_id, bool for_executor, bool wait, bool occupy, i
 static void
 load_candidates(Oid role)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(role)};
+	int			want = Min(MAX_CANDIDATES, 2 * sc_max_workers + 16);
+	Oid			nsp = get_namespace_oid(SC_INTERNAL_SCHEMA, false);
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	bool		more = true;
+	Candidate	found[MAX_CANDIDATES];
+	int			n_found = 0;
 
-	if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
-		"SELECT c.id, c.max_concurrent_executions::bigint, head.execution_id, run.n"
-		"  FROM smartconnector.connector c"
-		" CROSS JOIN LATERAL (SELECT q.execution_id FROM smartconnector_internal.queue q"
-		"                      WHERE q.connector_id = c.id"
-		"                      ORDER BY q.execution_id LIMIT 1) head"
-		" CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e"
-		"                      WHERE e.connector_id = c.id AND e.state = 'running') run"
-		" WHERE c.handler IS NOT NULL AND c.run_as_oid = $1"
-		"   AND c.status IN ('operational', 'need_attention')"
-		"   AND c.max_concurrent_executions > 0"
-		" ORDER BY run.n > 0, head.execution_id",
-		1, types), args, NULL, false, MAX_CANDIDATES) != SPI_OK_SELECT)
-		elog(ERROR, "could not look for admissible executions");
-	n_candidates = (int) SPI_processed;
-	for (int i = 0; i < n_candidates; i++)
+	/*
+	 * Walk the queue heads in head order with the index itself: a statement
+	 * would be planned from statistics, and with every limit 0 when it was
+	 * planned (a paused backlog), or a table that has grown since, it read
+	 * every connector and sorted them, on every admission.  Each batch of
+	 * heads is then checked against its connectors in one statement, until
+	 * enough of them may admit, or the heads run out (connectors that cannot
+	 * run now are passed over).
+	 */
+	heap = table_open(get_relname_relid("queue_head", nsp), AccessShareLock);
+	index = index_open(get_relname_relid("queue_head_head_idx", nsp), AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = index_beginscan(heap, index, snapshot, 0, 0);
+	index_rescan(scan, NULL, 0, NULL, 0);
+	slot = table_slot_create(heap, NULL);
+
+	while (more && n_found < want)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
+		Datum		ids[MAX_CANDIDATES];
+		Datum		heads[MAX_CANDIDATES];
+		int			n = 0;
+		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, OIDOID};
+		Datum		args[3];
 
-		candidates[i].connector_id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-		candidates[i].limit = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-		candidates[i].head = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-		candidates[i].running = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
+		while (n < want && (more = index_getnext_slot(scan, ForwardScanDirection, slot)))
+		{
+			bool		isnull;
+			Datum		id = slot_getattr(slot, 1, &isnull);
+			bool		seen = false;
+
+			/* a connector may have two rows (see the table): its oldest counts */
+			for (int k = 0; k < n && !seen; k++)
+				seen = DatumGetInt64(ids[k]) == DatumGetInt64(id);
+			for (int k = 0; k < n_found && !seen; k++)
+				seen = found[k].connector_id == DatumGetInt64(id);
+			if (seen)
+				continue;
+			ids[n] = id;
+			heads[n++] = slot_getattr(slot, 2, &isnull);
+		}
+		if (n == 0)
+			break;
+		args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+		args[1] = PointerGetDatum(construct_array(heads, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+		args[2] = ObjectIdGetDatum(role);
+		if (SPI_execute_plan(sc_keep_plan(&candidates_plan,
+			"SELECT c.id, c.max_concurrent_executions::bigint, u.head,"
+			"       (SELECT count(*) FROM smartconnector.execution e"
+			"         WHERE e.connector_id = c.id AND e.state = 'running')"
+			"  FROM unnest($1, $2) WITH ORDINALITY AS u(id, head, n)"
+			"  JOIN smartconnector.connector c ON c.id = u.id"
+			" WHERE c.handler IS NOT NULL AND c.run_as_oid = $3"
+			"   AND c.status IN ('operational', 'need_attention')"
+			"   AND c.max_concurrent_executions > 0"
+			" ORDER BY u.n",
+			3, types), args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for admissible executions");
+		for (uint64 i = 0; i < SPI_processed && n_found < want; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Candidate  *c = &found[n_found++];
+
+			c->connector_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			c->limit = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			c->head = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+			c->running = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
-	SPI_freetuptable(SPI_tuptable);
+
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+
+	/* in head order, those with nothing running first (CANDIDATE_BEFORE) */
+	n_candidates = 0;
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < n_found; i++)
+			if ((found[i].running == 0) == (pass == 0))
+				candidates[n_candidates++] = found[i];
 	candidates_loaded_at = GetCurrentTimestamp();
 }
 

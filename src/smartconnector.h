@@ -53,6 +53,7 @@
  */
 #define SC_LOCKSPACE_RECORD			0x5C02	/* lock_record() */
 #define SC_LOCKSPACE_ADMISSION		0x5C03	/* admitting, or changing status or limit, by connector */
+#define SC_LOCKSPACE_ENQUEUE		0x5C04	/* queueing (shared) against forgetting a queue head */
 
 /* Record actions, in the order of the record_* columns */
 typedef enum ScAction
@@ -202,6 +203,7 @@ extern bool sc_my_overrun(char *max_duration);
 extern bool sc_lock_admissions(int64 connector_id, bool wait);
 extern void sc_unlock_admissions(int64 connector_id);
 extern bool sc_admissions_locked_by_executors(int64 connector_id);
+extern bool sc_lock_out_enqueues(int64 connector_id);
 extern void sc_wake_at_commit(void);
 extern void sc_wake_dispatcher_at_commit(void);
 extern void sc_clear_current_at_commit(void);
