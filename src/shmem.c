@@ -391,7 +391,9 @@ sc_stop_overrun(int64 execution_id, const char *max_duration)
 	int			index = -1;
 	pid_t		pid = 0;
 	int			sig = 0;
+	TimestampTz stop_by = GetCurrentTimestamp() + (TimestampTz) sc_cancel_grace_ms * 1000;
 
+	/* no system call under the spinlock */
 	SpinLockAcquire(&sc_shared->mutex);
 	for (int i = 0; i < sc_shared->num_progress_slots; i++)
 	{
@@ -414,7 +416,7 @@ sc_stop_overrun(int64 execution_id, const char *max_duration)
 			result = SC_OVERRUN_INTERRUPTED;
 			sig = SIGINT;
 			if (!slot->stop_for_cancel)
-				slot->stop_by = GetCurrentTimestamp() + (TimestampTz) sc_cancel_grace_ms * 1000;
+				slot->stop_by = stop_by;
 		}
 		else
 			break;
