@@ -114,3 +114,37 @@ bench_cpu_ms()
 		done
 	} | awk -v t="$tck" '{s += $1} END {printf "%d", s * 1000 / t}'
 }
+
+# Queue $N executions over the connectors WHERE $1 (paused), release them with
+# the given limit in one commit, wait for every webhook; print
+# "executions/s end-to-receipt_p50 end-to-receipt_p99 cpu_us_per_execution".
+bench_lifecycle()
+{
+	local where=$1 limit=$2
+	bench_psql >/dev/null <<SQL
+TRUNCATE smartconnector.execution CASCADE;
+UPDATE smartconnector.connector SET max_concurrent_executions = 0;
+SELECT count(smartconnector_internal.enqueue(c.id, '{}', false, false, 'api', 'bench'))
+  FROM (SELECT id FROM smartconnector.connector WHERE $where) c,
+	   generate_series(1, ($N / (SELECT count(*) FROM smartconnector.connector WHERE $where))::int);
+VACUUM ANALYZE smartconnector.execution, smartconnector_internal.queue, smartconnector.delivery;
+SQL
+	local total cpu0
+	total=$(bench_psql -c "SELECT count(*) FROM smartconnector.execution")
+	cpu0=$(bench_cpu_ms)
+	bench_psql -c "CREATE TEMP TABLE t AS SELECT clock_timestamp() AS released;
+		UPDATE smartconnector.connector SET max_concurrent_executions = $limit WHERE $where;
+		SELECT 1" >/dev/null
+	local released
+	released=$(bench_psql -c "SELECT clock_timestamp()")
+	until [[ $(bench_psql -c "SELECT count(*) = $total FROM smartconnector.delivery WHERE state = 'delivered'") == t ]]; do
+		sleep 0.5
+	done
+	local cpu=$(( $(bench_cpu_ms) - cpu0 ))
+	bench_psql -F ' ' -c "
+		SELECT round($total / extract(epoch FROM max(d.delivered_at) - '$released'::timestamptz)),
+			   round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
+			   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
+			   round($cpu * 1000.0 / $total)
+		  FROM smartconnector.delivery d"
+}

@@ -41,40 +41,6 @@ executor_rss()
 		awk '{s += $1; n++} END {if (n) printf "%d", s / n; else printf "-"}'
 }
 
-# Queue N executions over the given connectors (paused), release them with
-# the given limit in one commit, wait for every webhook; print
-# "executions/s end-to-receipt_p50 end-to-receipt_p99 cpu_us_per_execution".
-lifecycle()
-{
-	local where=$1 limit=$2
-	bench_psql >/dev/null <<SQL
-TRUNCATE smartconnector.execution CASCADE;
-UPDATE smartconnector.connector SET max_concurrent_executions = 0;
-SELECT count(smartconnector_internal.enqueue(c.id, '{}', false, false, 'api', 'bench'))
-  FROM (SELECT id FROM smartconnector.connector WHERE $where) c,
-	   generate_series(1, ($N / (SELECT count(*) FROM smartconnector.connector WHERE $where))::int);
-VACUUM ANALYZE smartconnector.execution, smartconnector_internal.queue, smartconnector.delivery;
-SQL
-	local total cpu0
-	total=$(bench_psql -c "SELECT count(*) FROM smartconnector.execution")
-	cpu0=$(bench_cpu_ms)
-	bench_psql -c "CREATE TEMP TABLE t AS SELECT clock_timestamp() AS released;
-		UPDATE smartconnector.connector SET max_concurrent_executions = $limit WHERE $where;
-		SELECT 1" >/dev/null
-	local released
-	released=$(bench_psql -c "SELECT clock_timestamp()")
-	until [[ $(bench_psql -c "SELECT count(*) = $total FROM smartconnector.delivery WHERE state = 'delivered'") == t ]]; do
-		sleep 0.5
-	done
-	local cpu=$(( $(bench_cpu_ms) - cpu0 ))
-	bench_psql -F ' ' -c "
-		SELECT round($total / extract(epoch FROM max(d.delivered_at) - '$released'::timestamptz)),
-			   round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
-			   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d.latency_ms)::numeric, 1),
-			   round($cpu * 1000.0 / $total)
-		  FROM smartconnector.delivery d"
-}
-
 echo "== smartconnector lifecycle benchmark =="
 bench_conditions
 echo "executor workers: $WORKERS; no-op handler; receiver: nginx (204); $N executions per scenario"
@@ -83,9 +49,9 @@ echo
 ceiling1=$(bench_insert_ceiling 1 5)
 ceiling8=$(bench_insert_ceiling 8 5)
 
-read -r one_rate one_p50 one_p99 one_cpu < <(lifecycle "api_name = 'one'" 8)
+read -r one_rate one_p50 one_p99 one_cpu < <(bench_lifecycle "api_name = 'one'" 8)
 rss_early=$(executor_rss)
-read -r many_rate many_p50 many_p99 many_cpu < <(lifecycle "api_name LIKE 'many\\_%'" 1)
+read -r many_rate many_p50 many_p99 many_cpu < <(bench_lifecycle "api_name LIKE 'many\\_%'" 1)
 
 # steady stream: RATE triggers per second for 10 s over 'one' at limit 8
 bench_psql -c "TRUNCATE smartconnector.execution CASCADE;
