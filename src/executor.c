@@ -402,14 +402,14 @@ require_extension(void)
 static void
 run_execution(int64 execution_id)
 {
-	ExecInfo	info;
+	/* in memory, not on the stack: PG_TRY's longjmp may lose a local's changes */
+	ExecInfo   *const info = MemoryContextAllocZero(executor_cxt, sizeof(ExecInfo));
 	volatile bool completed = false;
 	char	   *volatile error = NULL;
 	char	   *volatile error_meta = NULL;
 	char		max_duration[SC_MAX_DURATION_TEXT];
 
-	memset(&info, 0, sizeof(info));
-	info.execution_id = execution_id;
+	info->execution_id = execution_id;
 
 	PG_TRY();
 	{
@@ -420,23 +420,23 @@ run_execution(int64 execution_id)
 		sc_work_begin("smartconnector: loading execution");
 		require_extension();
 		sc_privileged_begin(&priv);
-		if (!load_exec_info(execution_id, &info))
+		if (!load_exec_info(execution_id, info))
 			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
 		sc_privileged_end(&priv);
-		sc_begin_current(execution_id, info.connector_id, info.diff_check,
-						 info.dry_run, SC_PHASE_COMPLETING);
+		sc_begin_current(execution_id, info->connector_id, info->diff_check,
+						 info->dry_run, SC_PHASE_COMPLETING);
 
-		if (info.cancel_requested)
+		if (info->cancel_requested)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("execution was cancelled before its handler started")));
-		if (info.problem != NULL)
+		if (info->problem != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("connector \"%s\" cannot execute", info.api_name),
-					 errdetail_internal("%s", info.problem)));
+					 errmsg("connector \"%s\" cannot execute", info->api_name),
+					 errdetail_internal("%s", info->problem)));
 
-		result = call_handler(&info);
+		result = call_handler(info);
 		if (sc_my_overrun(max_duration))	/* it caught the cancel and returned */
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
@@ -445,7 +445,7 @@ run_execution(int64 execution_id)
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
 		sc_privileged_begin(&priv);
 		(void) sc_complete_current(NULL, NULL, result,
-								   info.dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES);
+								   info->dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES);
 		sc_privileged_end(&priv);
 
 		/*
@@ -510,8 +510,8 @@ run_execution(int64 execution_id)
 		require_extension();
 		sc_privileged_begin(&priv);
 		if (sc_current_execution_id() != execution_id)
-			sc_begin_current(execution_id, info.connector_id, info.diff_check,
-							 info.dry_run, SC_PHASE_COMPLETING);
+			sc_begin_current(execution_id, info->connector_id, info->diff_check,
+							 info->dry_run, SC_PHASE_COMPLETING);
 		state = sc_complete_current(error, error_meta, NULL, SC_COMMITTED_NO);
 		cancelled = (state != NULL && strcmp(state, "cancelled") == 0);
 		sc_privileged_end(&priv);

@@ -310,15 +310,6 @@ _PG_init(void)
 }
 
 /*
- * Report whether the library was loaded by shared_preload_libraries.
- */
-bool
-sc_loaded_at_startup(void)
-{
-	return loaded_at_startup;
-}
-
-/*
  * assert_installable: refuse CREATE EXTENSION where the workers cannot serve.
  *
  * The extension script calls this first.  Two conditions: the library was

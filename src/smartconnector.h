@@ -183,7 +183,6 @@ extern bool sc_check_allowed_networks(char **newval, void **extra, GucSource sou
 extern void sc_assign_allowed_networks(const char *newval, void *extra);
 
 /* smartconnector.c */
-extern bool sc_loaded_at_startup(void);
 
 /* shmem.c */
 extern ScShared *sc_shared;
