@@ -52,6 +52,31 @@ SQL
 		FROM smartconnector.execution"
 }
 
+# One connector at limit 8 with N executions while the other 9,999 are paused
+# with one queued execution each: what paused backlogs cost the admissions.
+among_paused()
+{
+	bench_psql >/dev/null <<SQL
+TRUNCATE smartconnector.execution CASCADE;
+UPDATE smartconnector.connector SET max_concurrent_executions = 0;
+SELECT count(smartconnector_internal.enqueue(c.id, '{}', false, false, 'api', 'bench'))
+  FROM smartconnector.connector c WHERE c.id > (SELECT min(id) FROM smartconnector.connector);
+SELECT count(smartconnector_internal.enqueue(c.id, '{}', false, false, 'api', 'bench'))
+  FROM (SELECT min(id) AS id FROM smartconnector.connector) c, generate_series(1, $N);
+ANALYZE;
+SQL
+	local released
+	released=$(bench_psql -c "UPDATE smartconnector.connector SET max_concurrent_executions = 8
+		WHERE id = (SELECT min(id) FROM smartconnector.connector);
+		SELECT clock_timestamp()" | tail -n 1)
+	until [[ $(bench_psql -c "SELECT count(*) = 0 FROM smartconnector.execution
+		WHERE connector_id = (SELECT min(id) FROM smartconnector.connector) AND state IN ('queued', 'running')") == t ]]; do
+		sleep 0.2
+	done
+	bench_psql -c "SELECT round(count(*) / extract(epoch FROM max(ended_at) - '$released'::timestamptz))
+		FROM smartconnector.execution WHERE connector_id = (SELECT min(id) FROM smartconnector.connector)"
+}
+
 echo "== smartconnector admission by number of connectors =="
 bench_conditions
 echo "executor workers: $WORKERS; no-op handler; no webhook; $N executions per scenario"
@@ -61,6 +86,7 @@ one=$(admit_rate 1 8)
 hundred=$(admit_rate 100 1)
 thousand=$(admit_rate 1000 1)
 tenk=$(admit_rate 10000 1)
+paused=$(among_paused)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 printf "%-62s %10s %s\n" "executions spread over" "exec/s" "vs one connector"
@@ -68,6 +94,7 @@ printf "%-62s %10s %s\n" "1 connector at limit 8 ($N executions)" "$one" "1.00"
 printf "%-62s %10s %s\n" "100 connectors at limit 1, $((N / 100)) each" "$hundred" "$(ratio "$hundred" "$one")"
 printf "%-62s %10s %s\n" "1,000 connectors at limit 1, $((N / 1000)) each" "$thousand" "$(ratio "$thousand" "$one")"
 printf "%-62s %10s %s\n" "10,000 connectors at limit 1, $((N / 10000)) each" "$tenk" "$(ratio "$tenk" "$one")"
+printf "%-62s %10s %s\n" "1 connector at limit 8 beside 9,999 paused with a backlog" "$paused" "$(ratio "$paused" "$one")"
 
 # the operator's views with 10,000 connectors and a long history
 bench_psql >/dev/null <<SQL

@@ -122,8 +122,9 @@ END
 $$;
 
 /*
- * Queue heads: one row per connector with a handler and queued work, with
- * (about) its oldest queued execution, so that an executor finds the next
+ * Queue heads: one row per connector with queued work that may run now (a
+ * handler, an executable status, a limit above 0), with (about) its oldest
+ * queued execution, so that an executor finds the next
  * connector to admit from by an index scan, however many connectors have
  * work.  enqueue() adds the row, executors' admissions move or delete it,
  * and the launcher repairs what they cannot see (src/admission.c,
@@ -135,21 +136,59 @@ $$;
  * take each connector once.
  */
 CREATE TABLE smartconnector_internal.queue_head (
-	connector_id bigint NOT NULL
-		REFERENCES smartconnector.connector (id) ON DELETE CASCADE,
+	connector_id bigint NOT NULL,	-- no foreign key: its KEY SHARE lock would let a user's
+									-- open transaction hold up the launcher's repair
 	head bigint NOT NULL
 );
 CREATE INDEX queue_head_connector_idx ON smartconnector_internal.queue_head (connector_id);
 CREATE INDEX queue_head_head_idx ON smartconnector_internal.queue_head (head);
 COMMENT ON TABLE smartconnector_internal.queue_head IS
-	'Connectors with a handler and queued work, by their oldest queued execution (an ordering hint)';
+	'Connectors with queued work that may run now, by their oldest queued execution (an ordering hint)';
 INSERT INTO smartconnector_internal.queue_head (connector_id, head)
 SELECT q.connector_id, min(q.execution_id)
   FROM smartconnector_internal.queue q
   JOIN smartconnector.connector c ON c.id = q.connector_id
- WHERE c.handler IS NOT NULL
+ WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')
+   AND c.max_concurrent_executions > 0
  GROUP BY q.connector_id;
 REVOKE ALL ON smartconnector_internal.queue_head FROM PUBLIC;
+
+/*
+ * A connector that may run again (resumed, activated, given a handler or
+ * another run_as) gets its head row at once, and one that may not loses it,
+ * in the transaction of the change, so that executors neither wait for the
+ * launcher's repair nor walk past paused backlogs.
+ */
+CREATE FUNCTION smartconnector_internal.connector_queue_head()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.handler IS NOT NULL AND NEW.status IN ('operational', 'need_attention')
+	   AND NEW.max_concurrent_executions > 0 THEN
+		INSERT INTO smartconnector_internal.queue_head (connector_id, head)
+		SELECT NEW.id, q.head
+		  FROM (SELECT min(x.execution_id) AS head FROM smartconnector_internal.queue x
+				 WHERE x.connector_id = NEW.id) q
+		 WHERE q.head IS NOT NULL
+		   AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h
+							WHERE h.connector_id = NEW.id);
+	ELSE
+		DELETE FROM smartconnector_internal.queue_head h WHERE h.connector_id = NEW.id;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION smartconnector_internal.connector_queue_head() FROM PUBLIC;
+CREATE TRIGGER connector_queue_head
+	AFTER UPDATE OF status, max_concurrent_executions, handler, run_as ON smartconnector.connector
+	FOR EACH ROW
+	WHEN (OLD.status IS DISTINCT FROM NEW.status
+		  OR OLD.max_concurrent_executions IS DISTINCT FROM NEW.max_concurrent_executions
+		  OR OLD.handler IS DISTINCT FROM NEW.handler OR OLD.run_as IS DISTINCT FROM NEW.run_as)
+	EXECUTE FUNCTION smartconnector_internal.connector_queue_head();
 
 CREATE FUNCTION smartconnector_internal.lock_enqueue(connector_id bigint)
 RETURNS void
@@ -166,7 +205,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	new_id bigint;
-	has_handler boolean;
+	runnable boolean;
 BEGIN
 	input := coalesce(input, '{}'::jsonb);
 	/* the real size: pg_column_size() is the compressed one, and 40 MB of repeats compress well */
@@ -189,18 +228,25 @@ BEGIN
 		RAISE EXCEPTION 'connector with id % does not exist', connector_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	/* executors find connectors with work by their queue head (src/admission.c) */
-	has_handler := (SELECT c.handler IS NOT NULL FROM smartconnector.connector c
-					 WHERE c.id = enqueue.connector_id);
-	IF has_handler THEN
+	/*
+	 * Executors find connectors with work by their queue head
+	 * (src/admission.c), of those that may run now; the launcher adds the
+	 * row of a paused one when it may run again.
+	 */
+	runnable := (SELECT c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')
+						AND c.max_concurrent_executions > 0
+				   FROM smartconnector.connector c WHERE c.id = enqueue.connector_id);
+	IF runnable THEN
 		PERFORM smartconnector_internal.lock_enqueue(enqueue.connector_id);
 	END IF;
 	INSERT INTO smartconnector_internal.queue (connector_id, execution_id)
 	VALUES (enqueue.connector_id, new_id);
-	IF has_handler THEN
+	IF runnable THEN
+		/* an older snapshot may still see a row an executor has deleted: add one then */
 		INSERT INTO smartconnector_internal.queue_head (connector_id, head)
 		SELECT enqueue.connector_id, new_id
-		 WHERE NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h
+		 WHERE pg_catalog.current_setting('transaction_isolation') <> 'read committed'
+			OR NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h
 							WHERE h.connector_id = enqueue.connector_id);
 	END IF;
 	PERFORM smartconnector_internal.wake_at_commit();

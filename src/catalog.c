@@ -20,6 +20,7 @@
 #include "access/xact.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/base64.h"
@@ -489,7 +490,12 @@ connector_columns_hook(ParseState *pstate, Query *query, JumbleState *jstate)
 
 		if (rte->rtekind == RTE_RELATION && rte->relid == connector &&
 			(rte->requiredPerms & ACL_SELECT) != 0)
+		{
+			/* looked up last: a catalog scan, where the two above are cached */
+			if (!OidIsValid(get_extension_oid("smartconnector", true)))
+				return;			/* a schema of that name, but not ours */
 			explain_connector_columns(rte);
+		}
 	}
 }
 

@@ -220,27 +220,34 @@ bind_foreign_connectors(void *arg)
 }
 
 /*
- * Make the queue heads (admission.c) agree with the queue: a row for each
- * connector with a handler and queued work, none for a connector without a
- * handler.  enqueue() and the executors keep them so; this repairs what
- * they cannot see: a handler set on a connector with a backlog, a queue
- * restored from a dump, an admission that forgot a head while an execution
- * was being queued.  One index probe per connector.
+ * Make the queue heads (admission.c) agree with the queue and the
+ * settings: a row for each connector with queued work that may run now (a
+ * handler, an executable status, a limit above 0), none for the others, so
+ * that executors never walk past paused backlogs.  enqueue() and the
+ * executors keep them so, and a trigger on the connector table follows
+ * its settings changes; this repairs what they cannot see (a queue
+ * restored from a dump, an execution queued while its connector was being
+ * resumed, rows lost).  Once a second: a few index probes per connector.
  */
 static void
 repair_queue_heads(void *arg)
 {
+	/* the head is looked up only for the connectors that lack a row */
 	if (SPI_execute("INSERT INTO smartconnector_internal.queue_head (connector_id, head)"
-					" SELECT c.id, q.head FROM smartconnector.connector c"
-					" CROSS JOIN LATERAL (SELECT min(x.execution_id) AS head"
-					"                       FROM smartconnector_internal.queue x"
-					"                      WHERE x.connector_id = c.id) q"
-					" WHERE c.handler IS NOT NULL AND q.head IS NOT NULL"
-					"   AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h"
-					"                    WHERE h.connector_id = c.id)", false, 0) != SPI_OK_INSERT ||
+					" SELECT c.id, (SELECT min(x.execution_id) FROM smartconnector_internal.queue x"
+					"                WHERE x.connector_id = c.id)"
+					"   FROM smartconnector.connector c"
+					"  WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')"
+					"    AND c.max_concurrent_executions > 0"
+					"    AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h"
+					"                     WHERE h.connector_id = c.id)"
+					"    AND EXISTS (SELECT 1 FROM smartconnector_internal.queue x"
+					"                 WHERE x.connector_id = c.id)", false, 0) != SPI_OK_INSERT ||
 		SPI_execute("DELETE FROM smartconnector_internal.queue_head h"
-					" USING smartconnector.connector c"
-					" WHERE c.id = h.connector_id AND c.handler IS NULL", false, 0) != SPI_OK_DELETE)
+					" WHERE NOT EXISTS (SELECT 1 FROM smartconnector.connector c"
+					"                    WHERE c.id = h.connector_id AND c.handler IS NOT NULL"
+					"                      AND c.status IN ('operational', 'need_attention')"
+					"                      AND c.max_concurrent_executions > 0)", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not repair the queue heads");
 }
 
@@ -343,7 +350,8 @@ stop_overrunning(void)
 					"  FROM smartconnector.execution e"
 					"  JOIN smartconnector.connector c ON c.id = e.connector_id"
 					" WHERE e.state = 'running' AND c.max_duration IS NOT NULL"
-					"   AND e.started_at + c.max_duration <= pg_catalog.clock_timestamp()"
+					/* no overflow: '300000 years' is a valid max_duration */
+					"   AND pg_catalog.clock_timestamp() - e.started_at >= c.max_duration"
 					" ORDER BY e.id", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the executions that exceeded max_duration");
 	overdue = SPI_tuptable;
@@ -509,7 +517,11 @@ launcher_pass(int *running, List **demand, bool *more)
 			"SELECT c.run_as_oid, c.run_as, c.bound_in IS NOT DISTINCT FROM $2,"
 			"       sum(LEAST(GREATEST(c.max_concurrent_executions - run.n, 0), q.n))::int,"
 			"       sum(run.n)::int"
-			"  FROM smartconnector.connector c"
+			/* only connectors with a queue head or running executions can have demand */
+			"  FROM (SELECT h.connector_id FROM smartconnector_internal.queue_head h"
+			"        UNION SELECT e.connector_id FROM smartconnector.execution e"
+			"               WHERE e.state = 'running') w"
+			"  JOIN smartconnector.connector c ON c.id = w.connector_id"
 			" CROSS JOIN LATERAL (SELECT count(*) AS n FROM smartconnector.execution e"
 			"                      WHERE e.connector_id = c.id AND e.state = 'running') run"
 			/* in key order, so that the probe stays on the queue's primary key */

@@ -44,6 +44,7 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -96,6 +97,13 @@ static TimestampTz candidates_loaded_at = 0;
 
 static SPIPlanPtr candidates_plan = NULL;
 static SPIPlanPtr head_plan = NULL;
+/*
+ * This admission transaction holds some connector's enqueue lock
+ * exclusively (update_queue_head()): enqueue() of that connector waits for
+ * its commit, so it must not wait for any lock itself (a cycle, or a
+ * trigger() held up by another session's open transaction).
+ */
+static LocalTransactionId enqueues_locked_out = InvalidLocalTransactionId;
 static SPIPlanPtr forget_head_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
@@ -204,18 +212,24 @@ update_queue_head(int64 connector_id, int64 next_head)
 
 	if (next_head != 0)
 	{
+		/* rows someone holds (a user's open transaction) are left: only a hint */
 		if (SPI_execute_plan(sc_keep_plan(&head_plan,
 			"UPDATE smartconnector_internal.queue_head h SET head = $2"
-			" WHERE h.connector_id = $1 AND h.head <> $2",
+			" WHERE h.ctid = ANY (ARRAY(SELECT l.ctid FROM smartconnector_internal.queue_head l"
+			"                           WHERE l.connector_id = $1 AND l.head <> $2"
+			"                             FOR UPDATE SKIP LOCKED))",
 			2, types), args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not move the queue head of connector %lld", (long long) connector_id);
 	}
 	else if (sc_lock_out_enqueues(connector_id))
 	{
+		/* held to the commit: this transaction must not wait for anyone now */
+		enqueues_locked_out = MyProc->lxid;
 		/* a statement that starts after the lock: it sees every queued execution */
 		if (SPI_execute_plan(sc_keep_plan(&forget_head_plan,
 			"DELETE FROM smartconnector_internal.queue_head h"
-			" WHERE h.connector_id = $1"
+			" WHERE h.ctid = ANY (ARRAY(SELECT l.ctid FROM smartconnector_internal.queue_head l"
+			"                           WHERE l.connector_id = $1 FOR UPDATE SKIP LOCKED))"
 			"   AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue q"
 			"                    WHERE q.connector_id = $1)",
 			1, types), args, NULL, false, 0) != SPI_OK_DELETE)
@@ -387,7 +401,8 @@ load_candidates(Oid role)
 	index_rescan(scan, NULL, 0, NULL, 0);
 	slot = table_slot_create(heap, NULL);
 
-	while (more && n_found < want)
+	/* batches grow when heads are passed over (paused connectors with a backlog) */
+	for (int batch = want; more && n_found < want; batch = Min(batch * 2, MAX_CANDIDATES))
 	{
 		Datum		ids[MAX_CANDIDATES];
 		Datum		heads[MAX_CANDIDATES];
@@ -395,7 +410,7 @@ load_candidates(Oid role)
 		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, OIDOID};
 		Datum		args[3];
 
-		while (n < want && (more = index_getnext_slot(scan, ForwardScanDirection, slot)))
+		while (n < batch && (more = index_getnext_slot(scan, ForwardScanDirection, slot)))
 		{
 			bool		isnull;
 			Datum		id = slot_getattr(slot, 1, &isnull);
@@ -531,7 +546,7 @@ admit_from_candidates(void)
 			return id;
 		i--;					/* the next candidate moved into place i */
 	}
-	if (busy == 0)
+	if (busy == 0 || enqueues_locked_out == MyProc->lxid)
 		return 0;
 	id = admit_connector(busy, true, true, true, &next_head);
 	if (id == ADMIT_HEAD_LOCKED)

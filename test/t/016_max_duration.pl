@@ -92,6 +92,17 @@ is(ended($e4, 'within the limit'), 'success:  / true', 'a run within max_duratio
 is($node->safe_psql('postgres', "SELECT count(*) FROM public.written WHERE id = $e4"), '1',
 	'and its work commits');
 
+# a huge max_duration (the domain takes any positive interval) running beside
+# the others: the launcher's check cannot overflow and stop the launcher
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('Forever', 'forever', status => 'operational');
+	UPDATE smartconnector.connector SET max_duration = '200000 years' WHERE api_name = 'forever';});
+my $forever_runner = $node->background_psql('postgres');
+$forever_runner->query_safe('SET client_min_messages = warning');
+my $forever = $node->safe_psql('postgres', q{SET client_min_messages = warning; SELECT smartconnector.trigger('forever')});
+is($forever_runner->query_safe(q{SELECT smartconnector.claim('forever')}), $forever,
+	'a runner claims an execution with a max_duration of 200000 years');
+
 # an external runner: its session is cut off, the execution fails
 my $runner = $node->background_psql('postgres', on_error_stop => 0);
 my $e5 = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('external')});
@@ -103,5 +114,10 @@ is(ended($e5, 'external runner'),
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $runner_pid"), '0',
 	"and the runner's session is gone");
 $runner->{run}->kill_kill;
+is($node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $forever"), 'running',
+	'the execution with the huge max_duration runs on');
+$forever_runner->quit;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/out of range/, 'and the launcher never failed on it');
 
 done_testing();

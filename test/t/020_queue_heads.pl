@@ -51,14 +51,23 @@ $node->safe_psql('postgres', q{
 wait_until($node, "SELECT count(*) = 3 FROM smartconnector.execution WHERE id IN (" . join(',', @later)
 	  . ") AND state = 'success'", 'once it has a handler, its backlog runs (the launcher added its head)');
 
-# head rows lost (as after a restore of the queue): the launcher repairs them
+# a paused backlog keeps no head row, so executors never walk past it; resuming brings it back
 $node->safe_psql('postgres', q{UPDATE smartconnector.connector SET max_concurrent_executions = 0 WHERE api_name = 'x'});
-my @lost = split /\n/, $node->safe_psql('postgres', q{
+my @paused = split /\n/, $node->safe_psql('postgres', q{
 	SET client_min_messages = warning;
 	SELECT smartconnector.trigger('x') FROM generate_series(1, 3)});
-$node->safe_psql('postgres', q{
+wait_until($node, "SELECT (" . $heads . q{'x'} . ") = 0", 'a paused connector with a backlog has no head row');
+$node->safe_psql('postgres', q{SELECT smartconnector.set_max_concurrent_executions('x', 1)});
+wait_until($node, "SELECT count(*) = 3 FROM smartconnector.execution WHERE id IN (" . join(',', @paused)
+	  . ") AND state = 'success'", 'once resumed, its backlog runs');
+
+# head rows lost (as after a restore of the queue): the launcher repairs them
+my @lost = split /\n/, $node->safe_psql('postgres', q{
+	SET client_min_messages = warning;
+	BEGIN;
+	SELECT smartconnector.trigger('x') FROM generate_series(1, 3);
 	DELETE FROM smartconnector_internal.queue_head;
-	SELECT smartconnector.set_max_concurrent_executions('x', 1);});
+	COMMIT;});
 wait_until($node, "SELECT count(*) = 3 FROM smartconnector.execution WHERE id IN (" . join(',', @lost)
 	  . ") AND state = 'success'", 'executions whose head row was lost still run');
 
