@@ -107,12 +107,18 @@ remember(PendingKind kind, int64 execution_id)
  * lock bit (and WAL) on every admission, and cost a statement.
  */
 static void
-admission_locktag(LOCKTAG *tag, int64 connector_id)
+connector_locktag(LOCKTAG *tag, int64 connector_id, uint16 space)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
 						 (uint32) ((uint64) connector_id >> 32),
 						 (uint32) connector_id,
-						 SC_LOCKSPACE_ADMISSION);
+						 space);
+}
+
+static void
+admission_locktag(LOCKTAG *tag, int64 connector_id)
+{
+	connector_locktag(tag, connector_id, SC_LOCKSPACE_ADMISSION);
 }
 
 /* Returns false only when !wait and another transaction holds it. */
@@ -176,10 +182,7 @@ sc_admissions_locked_by_executors(int64 connector_id)
 static void
 enqueue_locktag(LOCKTAG *tag, int64 connector_id)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
-						 (uint32) ((uint64) connector_id >> 32),
-						 (uint32) connector_id,
-						 SC_LOCKSPACE_ENQUEUE);
+	connector_locktag(tag, connector_id, SC_LOCKSPACE_ENQUEUE);
 }
 
 /*
