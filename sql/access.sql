@@ -61,6 +61,8 @@ SELECT smartconnector.change_api_name('invoices', 'bills');
 SELECT smartconnector.create_connector('Mine', 'mine');
 SELECT webhook_secret FROM smartconnector.connector;
 SET smartconnector.internal_change = 'status';
+-- operators may not set the timeout: it decides over the runners' sessions
+UPDATE smartconnector.connector SET max_duration = '1 second' WHERE api_name = 'invoices';
 -- operators trigger and cancel; initiated_by names them
 SELECT smartconnector.trigger('invoices') AS op_exec \gset
 SELECT initiated_by FROM smartconnector.execution WHERE id = :op_exec;
@@ -191,6 +193,14 @@ SELECT smartconnector_internal.forget_current();
 SELECT smartconnector_internal.forget_deleted_current();
 SELECT smartconnector_internal.lock_admissions(1);
 SELECT smartconnector_internal.require_execution(1);
+-- nor reach the queue heads (0.2): drop a head to starve a connector, lock out
+-- enqueues, or probe what may run
+DELETE FROM smartconnector_internal.queue_head;
+SELECT smartconnector_internal.lock_enqueue(1);
+SELECT smartconnector_internal.may_run(c) FROM smartconnector.connector c;
+SET ROLE regress_operator;
+DELETE FROM smartconnector_internal.queue_head;
+SELECT smartconnector_internal.lock_enqueue(1);
 RESET ROLE;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants
