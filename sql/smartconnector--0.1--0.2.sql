@@ -135,6 +135,20 @@ $$;
  * one; the rows of a connector are moved and deleted together, and readers
  * take each connector once.
  */
+/*
+ * Whether a connector's executors may start its queued executions now: the
+ * one definition that the queue heads (here, src/launcher.c,
+ * src/lifecycle.c) follow.  Inlined where it is called.
+ */
+CREATE FUNCTION smartconnector_internal.may_run(c smartconnector.connector)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')
+		   AND c.max_concurrent_executions > 0
+$$;
+REVOKE ALL ON FUNCTION smartconnector_internal.may_run(smartconnector.connector) FROM PUBLIC;
+
 CREATE TABLE smartconnector_internal.queue_head (
 	connector_id bigint NOT NULL,	-- no foreign key: its KEY SHARE lock would let a user's
 									-- open transaction hold up the launcher's repair
@@ -148,8 +162,7 @@ INSERT INTO smartconnector_internal.queue_head (connector_id, head)
 SELECT q.connector_id, min(q.execution_id)
   FROM smartconnector_internal.queue q
   JOIN smartconnector.connector c ON c.id = q.connector_id
- WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')
-   AND c.max_concurrent_executions > 0
+ WHERE smartconnector_internal.may_run(c)
  GROUP BY q.connector_id;
 REVOKE ALL ON smartconnector_internal.queue_head FROM PUBLIC;
 
@@ -166,8 +179,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NEW.handler IS NOT NULL AND NEW.status IN ('operational', 'need_attention')
-	   AND NEW.max_concurrent_executions > 0 THEN
+	IF smartconnector_internal.may_run(NEW) THEN
 		INSERT INTO smartconnector_internal.queue_head (connector_id, head)
 		SELECT NEW.id, q.head
 		  FROM (SELECT min(x.execution_id) AS head FROM smartconnector_internal.queue x
@@ -205,6 +217,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	new_id bigint;
+	connector_diff_check boolean;
 	runnable boolean;
 BEGIN
 	input := coalesce(input, '{}'::jsonb);
@@ -216,26 +229,23 @@ BEGIN
 								  pg_catalog.octet_length(input::text)),
 				  HINT = 'Pass a reference to the data instead of the data itself.';
 	END IF;
-	INSERT INTO smartconnector.execution
-		(connector_id, trigger_type, initiated_by, diff_check, dry_run, input)
-	SELECT c.id, enqueue.trigger_type, enqueue.initiated_by,
-		   c.diff_check AND NOT coalesce(disable_diff_check, false),
-		   coalesce(enqueue.dry_run, false), input
-	  FROM smartconnector.connector c
-	 WHERE c.id = enqueue.connector_id
-	RETURNING id INTO new_id;
-	IF new_id IS NULL THEN
+	/*
+	 * The connector, read once.  Executors find connectors with work by
+	 * their queue head (src/admission.c), of those that may run now; one
+	 * paused now gets its head when it is resumed (connector_queue_head()).
+	 */
+	SELECT c.diff_check, smartconnector_internal.may_run(c) INTO connector_diff_check, runnable
+	  FROM smartconnector.connector c WHERE c.id = enqueue.connector_id;
+	IF NOT FOUND THEN
 		RAISE EXCEPTION 'connector with id % does not exist', connector_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	/*
-	 * Executors find connectors with work by their queue head
-	 * (src/admission.c), of those that may run now; the launcher adds the
-	 * row of a paused one when it may run again.
-	 */
-	runnable := (SELECT c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')
-						AND c.max_concurrent_executions > 0
-				   FROM smartconnector.connector c WHERE c.id = enqueue.connector_id);
+	INSERT INTO smartconnector.execution
+		(connector_id, trigger_type, initiated_by, diff_check, dry_run, input)
+	VALUES (enqueue.connector_id, enqueue.trigger_type, enqueue.initiated_by,
+			connector_diff_check AND NOT coalesce(disable_diff_check, false),
+			coalesce(enqueue.dry_run, false), input)
+	RETURNING id INTO new_id;
 	IF runnable THEN
 		PERFORM smartconnector_internal.lock_enqueue(enqueue.connector_id);
 	END IF;

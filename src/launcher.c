@@ -237,17 +237,15 @@ repair_queue_heads(void *arg)
 					" SELECT c.id, (SELECT min(x.execution_id) FROM smartconnector_internal.queue x"
 					"                WHERE x.connector_id = c.id)"
 					"   FROM smartconnector.connector c"
-					"  WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')"
-					"    AND c.max_concurrent_executions > 0"
+					"  WHERE smartconnector_internal.may_run(c)"
 					"    AND NOT EXISTS (SELECT 1 FROM smartconnector_internal.queue_head h"
 					"                     WHERE h.connector_id = c.id)"
 					"    AND EXISTS (SELECT 1 FROM smartconnector_internal.queue x"
 					"                 WHERE x.connector_id = c.id)", false, 0) != SPI_OK_INSERT ||
 		SPI_execute("DELETE FROM smartconnector_internal.queue_head h"
 					" WHERE NOT EXISTS (SELECT 1 FROM smartconnector.connector c"
-					"                    WHERE c.id = h.connector_id AND c.handler IS NOT NULL"
-					"                      AND c.status IN ('operational', 'need_attention')"
-					"                      AND c.max_concurrent_executions > 0)", false, 0) != SPI_OK_DELETE)
+					"                    WHERE c.id = h.connector_id"
+					"                      AND smartconnector_internal.may_run(c))", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not repair the queue heads");
 }
 

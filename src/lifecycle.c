@@ -437,9 +437,7 @@ load_candidates(Oid role)
 			"         WHERE e.connector_id = c.id AND e.state = 'running')"
 			"  FROM unnest($1, $2) WITH ORDINALITY AS u(id, head, n)"
 			"  JOIN smartconnector.connector c ON c.id = u.id"
-			" WHERE c.handler IS NOT NULL AND c.run_as_oid = $3"
-			"   AND c.status IN ('operational', 'need_attention')"
-			"   AND c.max_concurrent_executions > 0"
+			" WHERE c.run_as_oid = $3 AND smartconnector_internal.may_run(c)"
 			" ORDER BY u.n",
 			3, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look for admissible executions");
