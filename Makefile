@@ -7,20 +7,25 @@ EXTENSION = smartconnector
 MODULE_big = smartconnector
 OBJS = \
 	src/smartconnector.o \
-	src/catalog.o \
+	src/guc.o \
+	src/shmem.o \
+	src/locks.o \
+	src/plans.o \
+	src/run.o \
+	src/outbox.o \
+	src/execution.o \
+	src/compat.o \
+	src/settings.o \
 	src/identity.o \
 	src/binding.o \
-	src/http.o \
-	src/shmem.o \
-	src/admission.o \
-	src/runtime.o \
-	src/lifecycle.o \
+	src/url.o \
+	src/worker.o \
 	src/executor.o \
 	src/launcher.o \
-	src/payload.o \
 	src/dispatcher.o \
-	src/cron.o \
-	src/worker.o
+	src/transport.o \
+	src/payload.o \
+	src/cron.o
 
 DATA = sql/smartconnector--0.1.sql sql/smartconnector--0.1--0.2.sql
 
@@ -54,6 +59,7 @@ endif
 
 # PGXS tracks no header dependencies: every object depends on the shared header
 $(OBJS): $(srcdir)/src/smartconnector.h
+src/url.o src/transport.o: $(srcdir)/src/sc_curl.h
 
 # after the include, which resets PROVE_FLAGS
 PROVE_FLAGS += -I test/lib

@@ -179,28 +179,29 @@ SELECT p.oid::regprocedure AS public_function
  WHERE has_function_privilege('public', p.oid, 'EXECUTE')
  ORDER BY p.oid::regprocedure::text;
 -- no internal function (one without a COMMENT: admission locks, wakeups,
--- the session's current execution, e.g. forget_current()) is executable by
--- PUBLIC, so neither a handler nor a runner can reach it
+-- the transitions' wrappers, e.g. enqueue()) is executable by PUBLIC, so
+-- neither a handler nor a runner can reach it
 SELECT p.oid::regprocedure AS internal_public_executable
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'smartconnector'
  WHERE has_function_privilege('public', p.oid, 'EXECUTE')
    AND obj_description(p.oid, 'pg_proc') IS NULL
  ORDER BY 1;
--- e.g. a runner cannot drop its claim, nor a session take admission locks or wake workers
+-- e.g. a runner cannot queue past trigger()'s checks or as another role, cancel
+-- past cancel()'s, nor a session take admission locks or wake workers
 SET ROLE regress_nobody;
-SELECT smartconnector_internal.forget_current();
-SELECT smartconnector_internal.forget_deleted_current();
+SELECT smartconnector_internal.enqueue(1, NULL, false, false, 'api', 'postgres');
+SELECT smartconnector_internal.cancel_impl(1);
 SELECT smartconnector_internal.lock_admissions(1);
+SELECT smartconnector_internal.wake_at_commit();
 SELECT smartconnector_internal.require_execution(1);
 -- nor reach the queue heads (0.2): drop a head to starve a connector, lock out
 -- enqueues, or probe what may run
 DELETE FROM smartconnector_internal.queue_head;
-SELECT smartconnector_internal.lock_enqueue(1);
 SELECT smartconnector_internal.may_run(c) FROM smartconnector.connector c;
 SET ROLE regress_operator;
 DELETE FROM smartconnector_internal.queue_head;
-SELECT smartconnector_internal.lock_enqueue(1);
+SELECT smartconnector_internal.enqueue(1, NULL, false, false, 'api', 'postgres');
 RESET ROLE;
 SELECT count(*) AS public_table_grants
   FROM information_schema.role_table_grants

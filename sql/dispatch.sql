@@ -112,7 +112,7 @@ RESET ROLE;
 -- an operator cannot read them either, nor end an execution claiming its work was committed
 SET ROLE regress_starter;
 SELECT webhook_secret FROM smartconnector.delivery;
-SELECT smartconnector_internal.complete_execution(:n1, 0, 0, 0, 0, NULL, NULL, NULL, true);
+SELECT smartconnector.finish(:n1, NULL, '{"committed": true}');
 RESET ROLE;
 
 -- the per-host key of a URL, as libcurl parses it

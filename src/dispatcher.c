@@ -6,7 +6,7 @@
  *		attempt, and retries on smartconnector.webhook_retry_schedule.
  *
  * Loop: wait (latch, curl sockets, curl's timer, the next due retry), hand
- * ready requests to the transport (http.c) as connections free up, and now
+ * ready requests to the transport (transport.c) as connections free up, and now
  * and then run a short transaction that records the attempts that finished
  * and, when the ready list is empty, fetches the next batch of due
  * deliveries.  Batches are read with a cursor that continues from the last

@@ -14,7 +14,7 @@
  *    commit (deferred triggers, held cursors) are that role's.  Nothing
  *    superuser is left in the session to regain.
  *  - The bookkeeping (admission, loading an execution, recording its end)
- *    runs in privileged sections (worker.c): the bootstrap superuser, as a
+ *    runs in privileged sections (plans.c): the bootstrap superuser, as a
  *    security-restricted operation, with our settings pinned.  They run no
  *    user-defined code, and the role's identity is back before anything of
  *    the handler's can fire: the handler's transaction commits as the role.
@@ -75,7 +75,7 @@
 
 #include "smartconnector.h"
 
-/* admit_next(): the extension is not installed, or is being dropped */
+/* take_next_execution(): the extension is not installed, or is being dropped */
 #define EXTENSION_GONE		(-2)
 
 /* What the executor needs to know to run one execution */
@@ -103,7 +103,7 @@ static void hold_cancel(void);
 static bool retiring(void);
 static void begin_own_transaction(const char *activity);
 static void discard_session(void);
-static int64 admit_next(void);
+static int64 take_next_execution(void);
 static bool load_exec_info(int64 execution_id, ExecInfo *info);
 static char *call_handler(ExecInfo *info);
 static void run_execution(int64 execution_id);
@@ -209,7 +209,7 @@ discard_session(void)
  * is not installed (or a DROP EXTENSION waits).
  */
 static int64
-admit_next(void)
+take_next_execution(void)
 {
 	ScPrivileged priv;
 	int64		id;
@@ -444,8 +444,8 @@ run_execution(int64 execution_id)
 
 		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
 		sc_privileged_begin(&priv);
-		(void) sc_complete_current(NULL, NULL, result,
-								   info->dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES);
+		(void) sc_end_current(NULL, NULL, result,
+							  info->dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES, NULL);
 		sc_privileged_end(&priv);
 
 		/*
@@ -512,7 +512,7 @@ run_execution(int64 execution_id)
 		if (sc_current_execution_id() != execution_id)
 			sc_begin_current(execution_id, info->connector_id, info->diff_check,
 							 info->dry_run, SC_PHASE_COMPLETING);
-		state = sc_complete_current(error, error_meta, NULL, SC_COMMITTED_NO);
+		state = sc_end_current(error, error_meta, NULL, SC_COMMITTED_NO, NULL);
 		cancelled = (state != NULL && strcmp(state, "cancelled") == 0);
 		sc_privileged_end(&priv);
 		sc_work_commit();
@@ -597,7 +597,7 @@ sc_executor_main(Datum main_arg)
 
 		PG_TRY();
 		{
-			execution_id = admit_next();
+			execution_id = take_next_execution();
 		}
 		PG_CATCH();
 		{

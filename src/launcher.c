@@ -92,13 +92,7 @@
 /* Reasons of terminated executors remembered until their executions end */
 #define MAX_STOPPED					64
 
-typedef struct Stopped
-{
-	int64		execution_id;
-	char	   *reason;			/* in TopMemoryContext */
-	bool		cancelled;		/* it was cancel() that the handler ignored */
-} Stopped;
-static Stopped stopped[MAX_STOPPED];
+static ScStopReason stopped[MAX_STOPPED];	/* reasons in TopMemoryContext */
 static int	n_stopped = 0;
 
 /* When each role last had an executor, for taking turns (see manage_executors) */
@@ -127,13 +121,11 @@ static BackgroundWorkerHandle **executor_handles = NULL;	/* per slot */
 static bool start_failure_logged = false;
 
 static bool cleanup_batch(void);
-static bool in_subtransaction(void (*work) (void *), void *arg);
 static void bind_foreign_connectors(void *arg);
 static void repair_queue_heads(void *arg);
 static void remember_stop(int64 id, bool cancelled, const char *reason);
 static void stop_overrunning(void);
 static void stop_overdue_handlers(void);
-static char *stopped_reasons(void);
 static bool fail_unrunnable(Oid role, const char *run_as, const char *problem);
 static bool launcher_pass(int *running, List **demand, bool *more);
 static void fair_shares(List *demand, int slots);
@@ -154,44 +146,6 @@ sc_register_launcher(void)
 				   "smartconnector launcher");
 	worker.bgw_restart_time = 1;
 	RegisterBackgroundWorker(&worker);
-}
-
-/*
- * Do some work in a subtransaction; if it cannot get a lock in time
- * (lock_not_available: a user's transaction holds it), undo it and return
- * false, so that the rest of the pass goes on.  Other errors propagate.
- */
-static bool
-in_subtransaction(void (*work) (void *), void *arg)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool done = true;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		work(arg);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			ReThrowError(edata);
-		FreeErrorData(edata);
-		done = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return done;
 }
 
 /*
@@ -220,7 +174,7 @@ bind_foreign_connectors(void *arg)
 }
 
 /*
- * Make the queue heads (admission.c) agree with the queue and the
+ * Make the queue heads (execution.c) agree with the queue and the
  * settings: a row for each connector with queued work that may run now (a
  * handler, an executable status, a limit above 0), none for the others, so
  * that executors never walk past paused backlogs.  enqueue() and the
@@ -285,7 +239,7 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 	if (SPI_execute_with_args("SELECT c.id, c.api_name FROM smartconnector.connector c"
 							  " WHERE c.run_as_oid IS NOT DISTINCT FROM $1 AND c.run_as = $2"
 							  "   AND c.handler IS NOT NULL"
-							  "   AND c.status IN ('operational', 'need_attention')"
+							  "   AND smartconnector_internal.status_executable(c.status)"
 							  "   AND EXISTS (SELECT 1 FROM smartconnector_internal.queue q"
 							  "                WHERE q.connector_id = c.id)"
 							  " ORDER BY c.id",
@@ -302,7 +256,7 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 		w.api_name = SPI_getvalue(connectors->vals[i], connectors->tupdesc, 2);
 		w.problem = problem;
 		w.failed = failed;
-		if (in_subtransaction(fail_connector, &w))
+		if (sc_try_in_subtransaction(fail_connector, &w))
 			failed = w.failed;
 	}
 	SPI_freetuptable(connectors);
@@ -311,7 +265,7 @@ fail_unrunnable(Oid role, const char *run_as, const char *problem)
 
 /*
  * Remember why the launcher stopped execution id, for the message it ends
- * with (launcher_pass() ends it once its runner is gone).  reason is kept:
+ * with (sc_end_dead_runs() ends it once its runner is gone).  reason is kept:
  * a constant, or allocated in TopMemoryContext here.
  */
 static void
@@ -320,7 +274,7 @@ remember_stop(int64 id, bool cancelled, const char *reason)
 	if (n_stopped == MAX_STOPPED)
 	{
 		pfree(stopped[0].reason);
-		memmove(&stopped[0], &stopped[1], sizeof(Stopped) * (MAX_STOPPED - 1));
+		memmove(&stopped[0], &stopped[1], sizeof(ScStopReason) * (MAX_STOPPED - 1));
 		n_stopped--;
 	}
 	stopped[n_stopped].execution_id = id;
@@ -430,29 +384,6 @@ stop_overdue_handlers(void)
 }
 
 /*
- * The reasons of terminated executors as a jsonb object {"id": {"error":
- * reason, "cancelled": bool}}; launcher_pass() ends their executions with
- * them.
- */
-static char *
-stopped_reasons(void)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (int i = 0; i < n_stopped; i++)
-	{
-		appendStringInfo(&buf, "%s\"%lld\": {\"error\": ", i > 0 ? ", " : "",
-						 (long long) stopped[i].execution_id);
-		escape_json(&buf, stopped[i].reason);
-		appendStringInfo(&buf, ", \"cancelled\": %s}", stopped[i].cancelled ? "true" : "false");
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
-
-/*
  * One pass: fail executions of dead runners, and list, per role, what may
  * start now; fail what no executor can run.  Returns false when the
  * extension is not installed (yet).  *demand is allocated in the caller's
@@ -486,27 +417,17 @@ launcher_pass(int *running, List **demand, bool *more)
 
 		if (!bound || GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_bind, CLEANUP_INTERVAL_MS))
 		{
-			(void) in_subtransaction(bind_foreign_connectors, NULL);
+			(void) sc_try_in_subtransaction(bind_foreign_connectors, NULL);
 			bound = true;
 			last_bind = GetCurrentTimestamp();
 		}
 
-		{
-			Oid			reason_type[1] = {JSONBOID};
-			Datum		reasons[1];
-
-			reasons[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(stopped_reasons()));
-			ret = SPI_execute_with_args("SELECT smartconnector_internal.launcher_pass($1)",
-										1, reason_type, reasons, NULL, false, 1);
-		}
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "smartconnector_internal.launcher_pass() failed: %s", SPI_result_code_string(ret));
-		*running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*running = sc_end_dead_runs(stopped, n_stopped);
 		if (*running > 0)
 			stop_overrunning();
 		if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_repair, LAUNCHER_BUSY_NAPTIME_MS))
 		{
-			(void) in_subtransaction(repair_queue_heads, NULL);
+			(void) sc_try_in_subtransaction(repair_queue_heads, NULL);
 			last_repair = GetCurrentTimestamp();
 		}
 
@@ -527,7 +448,7 @@ launcher_pass(int *running, List **demand, bool *more)
 			"                       FROM (SELECT 1 FROM smartconnector_internal.queue e"
 			"                              WHERE e.connector_id = c.id"
 			"                              ORDER BY e.execution_id LIMIT $1) s) q"
-			" WHERE c.handler IS NOT NULL AND c.status IN ('operational', 'need_attention')"
+			" WHERE c.handler IS NOT NULL AND smartconnector_internal.status_executable(c.status)"
 			" GROUP BY 1, 2, 3",
 			2, types, args, NULL, true, 0);
 		if (ret != SPI_OK_SELECT)

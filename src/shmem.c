@@ -309,6 +309,28 @@ sc_set_stop_by(TimestampTz stop_by, bool for_cancel)
 }
 
 /*
+ * The counts a runner published for an execution, alive or not (a dead
+ * runner's slot keeps them until it is reused); false if no slot names it.
+ */
+bool
+sc_runner_counts(int64 execution_id, int64 *counts)
+{
+	if (sc_shared == NULL)
+		return false;
+	for (int i = 0; i < sc_shared->num_progress_slots; i++)
+	{
+		ScProgressSlot *slot = &sc_shared->progress[i];
+
+		if ((int64) pg_atomic_read_u64(&slot->execution_id) != execution_id)
+			continue;
+		for (int k = 0; k < SC_NUM_ACTIONS; k++)
+			counts[k] = (int64) pg_atomic_read_u64(&slot->counts[k]);
+		return true;
+	}
+	return false;
+}
+
+/*
  * Whether a live backend runs execution_id: its progress slot names it and
  * the backend that set it is still the one in that slot's place.
  */

@@ -6,7 +6,7 @@
  * Each .c file owns one concern (see the banner of each file); this header
  * holds only what crosses file boundaries: GUC variables, the shared-memory
  * layout, and the functions one file offers to another.  libcurl types never
- * appear here: http.c is the only file that includes curl.
+ * appear here: url.c and transport.c include curl (through sc_curl.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -28,7 +28,7 @@
 /* Room for an interval's text form in a progress slot (ScProgressSlot.overran) */
 #define SC_MAX_DURATION_TEXT		64
 
-/* Limits on settings values, enforced by the validators in catalog.c/http.c */
+/* Limits on settings values, enforced by the validators in settings.c and url.c */
 #define SC_MAX_URL_LENGTH			2048
 #define SC_MAX_EMAIL_LENGTH			254
 #define SC_MAX_EMAIL_LOCAL_LENGTH	64
@@ -38,9 +38,11 @@
 #define SC_MIN_SECRET_BYTES			24
 #define SC_MAX_SECRET_BYTES			64
 
-/* Limits on what a run may report (runtime.c) */
+/* Limits on what a run may report (run.c) and be given (execution.c) */
 #define SC_MAX_RECORD_KEY_LENGTH	1024
 #define SC_MAX_RECORD_DETAIL_LENGTH	8192
+/* an execution's input, as text */
+#define SC_MAX_INPUT_BYTES			(1024 * 1024)
 /* an execution's error, as stored and sent (payloads, emails) */
 #define SC_MAX_ERROR_BYTES			8192
 
@@ -144,7 +146,7 @@ typedef struct ScShared
 	ScExecutorSlot executors[FLEXIBLE_ARRAY_MEMBER];
 } ScShared;
 
-/* GUC variables (smartconnector.c) */
+/* GUC variables (guc.c) */
 extern char *sc_database_name;
 extern int	sc_max_workers;
 extern int	sc_executor_idle_timeout;
@@ -163,28 +165,21 @@ extern int64 *sc_retry_schedule_ms;
 extern int	sc_retry_schedule_len;
 extern int	sc_history_retention_min;
 extern int	sc_cancel_grace_ms;
+extern void sc_define_gucs(bool at_startup);
 
-/* The outcome of one delivery attempt (http.c to dispatcher.c) */
-typedef struct ScTransferResult
-{
-	int64		delivery_id;
-	TimestampTz due_at;			/* the delivery's next_attempt_at when it was fetched */
-	bool		ok;				/* 2xx, or the SMTP server accepted it */
-	bool		permanent;		/* do not retry (refused private address) */
-	int			status;			/* HTTP status or SMTP reply code; 0 if none */
-	int			retry_after_s;	/* Retry-After, or -1 */
-	char	   *error;
-	char	   *response;		/* first 4 kB of the body, or NULL */
-	TimestampTz finished_at;
-} ScTransferResult;
+/*
+ * What each file offers the others, from the bottom layer up.  A file calls
+ * only into its own layer or those below it (README: Layout):
+ *	workers (executor.c, launcher.c, dispatcher.c) and _PG_init
+ *	SQL API (settings.c, identity.c, binding.c, url.c; run.c's record() ...)
+ *	state machine (execution.c, outbox.c)
+ *	the session's run (run.c), statements (plans.c)
+ *	locks and commit actions (locks.c)
+ *	shared memory (shmem.c)
+ * and apart, called by the dispatcher only: transport.c, payload.c; cron.c.
+ */
 
-/* http.c: smartconnector.allowed_private_addresses */
-extern bool sc_check_allowed_networks(char **newval, void **extra, GucSource source);
-extern void sc_assign_allowed_networks(const char *newval, void *extra);
-
-/* smartconnector.c */
-
-/* shmem.c */
+/* ---- shmem.c: shared state, liveness, signals ---- */
 extern ScShared *sc_shared;
 extern void sc_shmem_install_hooks(void);
 extern void sc_publish_latch(ScWakeable *w);
@@ -194,27 +189,88 @@ extern bool sc_progress_slot_owner(int index, pid_t pid);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id, bool committing_only);
 extern bool sc_runner_alive(int64 execution_id);
+extern bool sc_runner_counts(int64 execution_id, int64 *counts);
 extern void sc_set_stop_by(TimestampTz stop_by, bool for_cancel);
 extern ScOverrun sc_stop_overrun(int64 execution_id, const char *max_duration);
 extern bool sc_my_overrun(char *max_duration);
 
-/* admission.c */
+/* ---- locks.c: per-connector locks, actions at commit or abort ---- */
+typedef void (*ScXactAction) (int64 arg);
 extern bool sc_lock_admissions(int64 connector_id, bool wait);
 extern void sc_unlock_admissions(int64 connector_id);
 extern bool sc_admissions_locked_by_executors(int64 connector_id);
+extern void sc_lock_enqueue(int64 connector_id);
 extern bool sc_lock_out_enqueues(int64 connector_id);
+extern void sc_at_commit(ScXactAction fn, int64 arg);
+extern void sc_on_abort(ScXactAction fn, int64 arg);
+extern void sc_signal_runner_at_commit(int64 execution_id);
 extern void sc_wake_at_commit(void);
 extern void sc_wake_dispatcher_at_commit(void);
-extern void sc_clear_current_at_commit(void);
-extern void sc_forget_current_on_abort(void);
 
-/* lifecycle.c: admission and end of executions, with kept plans */
+/* ---- plans.c: how our statements run ---- */
+typedef struct ScPrivileged
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+} ScPrivileged;
+extern void sc_apply_plan_settings(bool whole_session);
+extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,
+									  Oid *types);
 extern int	sc_pin_settings(void);
 extern void sc_unpin_settings(int nest);
-extern int64 sc_admit_next(Oid role);
-extern int64 sc_fail_next(int64 connector_id, const char *api_name, const char *problem);
-extern char *sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
-							   const char *context);
+extern void sc_privileged_begin(ScPrivileged *p);
+extern void sc_privileged_end(ScPrivileged *p);
+extern void sc_privileged_reset(void);
+extern bool sc_plan_settings_pinned(void);
+extern void sc_spi_connect(void);
+extern bool sc_try_in_subtransaction(void (*work) (void *), void *arg);
+
+/* ---- run.c: the session's run ---- */
+typedef struct ScRunInfo
+{
+	int64		execution_id;
+	int64		connector_id;
+	bool		dry_run;
+	const int64 *counts;		/* SC_NUM_ACTIONS */
+} ScRunInfo;
+extern int64 sc_current_execution_id(void);
+extern bool sc_current_run(ScRunInfo *info);
+extern void sc_occupy_slot(int64 execution_id);
+extern void sc_begin_current(int64 execution_id, int64 connector_id,
+							 bool diff_check, bool dry_run, ScPhase phase);
+extern bool sc_set_phase(ScPhase phase);
+extern void sc_clear_current(void);
+extern void sc_clear_current_at_commit(void);
+extern void sc_forget_current_on_abort(void);
+extern void sc_flush_report(void);
+extern void sc_flush_hashes(void);
+extern void sc_install_utility_hook(void);
+
+/* ---- outbox.c: the deliveries of an ended execution ---- */
+/*
+ * Columns of a statement that reads an ended execution as x joined to its
+ * connector as c: the connector, the webhook's URL and host, the three
+ * email addresses in order of reason (the error address only for a
+ * failure), the event (event() is inlined, so it is built once), and the
+ * webhook's credentials.
+ */
+#define SC_OUTBOX_COLUMNS \
+	" x.connector_id, c.execution_ended_webhook_url," \
+	" smartconnector.url_host(c.execution_ended_webhook_url)," \
+	" c.notification_email," \
+	" CASE WHEN x.state IN ('failed', 'partial_success')" \
+	"      THEN c.error_notification_email END," \
+	" (SELECT u.email FROM smartconnector.user_email u" \
+	"   WHERE u.role_name = x.initiated_by)," \
+	" smartconnector_internal.event(x, c)," \
+	" c.webhook_secret, c.webhook_headers"
+#define SC_OUTBOX_NCOLUMNS 9
+struct HeapTupleData;
+extern void sc_queue_deliveries(int64 execution_id, struct HeapTupleData *tup,
+								TupleDesc desc, int first);
+
+/* ---- execution.c: the state machine ---- */
 /* Whether an execution's counted work was committed (execution.committed) */
 typedef enum ScCommitted
 {
@@ -222,26 +278,33 @@ typedef enum ScCommitted
 	SC_COMMITTED_NO,			/* rolled back: a failed handler, a dry run */
 	SC_COMMITTED_YES
 } ScCommitted;
+/* Why the launcher stopped an execution's runner (sc_end_dead_runs()) */
+typedef struct ScStopReason
+{
+	int64		execution_id;
+	char	   *reason;
+	bool		cancelled;		/* it was cancel() that the handler ignored */
+} ScStopReason;
+extern int64 sc_admit_next(Oid role);
+extern int64 sc_claim_next(int64 connector_id, bool schema_0_1, bool *diff_check,
+						   bool *dry_run);
+extern int64 sc_fail_next(int64 connector_id, const char *api_name, const char *problem);
 extern char *sc_end_execution(int64 execution_id, const int64 *counts, const char *error,
 							  const char *metadata_json, const char *handler_result_json,
 							  ScCommitted committed, Oid *state_oid);
+extern char *sc_end_current(const char *error, const char *metadata_json,
+							const char *handler_result_json, ScCommitted committed,
+							Oid *state_oid);
+extern int	sc_end_dead_runs(const ScStopReason *stops, int n_stops);
+extern void sc_queue_followers_of(int64 execution_id);
+extern char *sc_error_metadata(const char *sqlstate, const char *detail, const char *hint,
+							   const char *context);
 
-/* runtime.c */
-extern int64 sc_current_execution_id(void);
-extern void sc_occupy_slot(int64 execution_id);
-extern void sc_install_utility_hook(void);
-/* catalog.c */
+/* ---- the SQL API's helpers ---- */
+/* settings.c: the viewer's column hint */
 extern void sc_install_column_hint_hook(void);
-extern void sc_begin_current(int64 execution_id, int64 connector_id,
-							 bool diff_check, bool dry_run, ScPhase phase);
-extern bool sc_set_phase(ScPhase phase);
-extern void sc_clear_current(void);
-extern char *sc_complete_current(const char *error, const char *metadata_json,
-								 const char *handler_result_json, ScCommitted committed);
-
 /* identity.c: the acting role */
 extern Oid	sc_acting_role(void);
-
 /* binding.c: which routine and role a connector's handler is */
 typedef struct ScBinding
 {
@@ -255,20 +318,42 @@ extern int64 sc_system_identifier(void);
 extern void sc_check_binding(const char *handler, Oid handler_oid, const char *run_as,
 							 Oid run_as_oid, bool bound_here, ScBinding *binding);
 extern char *sc_role_problem(const char *run_as, Oid run_as_oid, bool bound_here, Oid *role);
+/* url.c */
+extern bool sc_url_has_credentials(const char *url);
 
-/* worker.c: the executors' privileged sections */
-typedef struct ScPrivileged
+/* ---- worker.c: what the background workers share ---- */
+struct BackgroundWorker;
+extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function,
+						   const char *name, const char *type);
+extern void sc_work_begin(const char *activity);
+extern void sc_work_commit(void);
+extern long sc_stats_nap(long timeout_ms);
+extern bool sc_extension_installed(bool wait);
+
+/* executor.c, launcher.c, dispatcher.c (bgworker entry points are exported for the postmaster) */
+extern PGDLLEXPORT void sc_executor_main(Datum arg);
+extern PGDLLEXPORT void sc_launcher_main(Datum arg);
+extern PGDLLEXPORT void sc_dispatcher_main(Datum arg);
+extern void sc_register_launcher(void);
+extern void sc_register_dispatcher(void);
+
+/* ---- apart: the dispatcher's transport (transport.c) and payloads (payload.c) ---- */
+/* The outcome of one delivery attempt (transport.c to dispatcher.c) */
+typedef struct ScTransferResult
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nest;
-} ScPrivileged;
-extern void sc_privileged_begin(ScPrivileged *p);
-extern void sc_privileged_end(ScPrivileged *p);
-extern void sc_privileged_reset(void);
-extern bool sc_plan_settings_pinned(void);
-
-/* http.c: the delivery transport */
+	int64		delivery_id;
+	TimestampTz due_at;			/* the delivery's next_attempt_at when it was fetched */
+	bool		ok;				/* 2xx, or the SMTP server accepted it */
+	bool		permanent;		/* do not retry (refused private address) */
+	int			status;			/* HTTP status or SMTP reply code; 0 if none */
+	int			retry_after_s;	/* Retry-After, or -1 */
+	char	   *error;
+	char	   *response;		/* first 4 kB of the body, or NULL */
+	TimestampTz finished_at;
+} ScTransferResult;
+/* smartconnector.allowed_private_addresses */
+extern bool sc_check_allowed_networks(char **newval, void **extra, GucSource source);
+extern void sc_assign_allowed_networks(const char *newval, void *extra);
 extern void sc_transport_init(void);
 extern void sc_transport_configure(void);
 extern void sc_transport_shutdown(void);
@@ -282,30 +367,9 @@ extern void sc_transport_add_email(int64 delivery_id, TimestampTz due_at, const 
 extern bool sc_transport_wait(long timeout_ms);
 extern List *sc_transport_take_results(void);
 extern void sc_transport_free_results(List *results);
-
-/* payload.c */
 extern char *sc_webhook_signature(const char *secret, const char *msg_id, int64 timestamp,
 								  const char *body);
 extern char *sc_email_message(const char *from, const char *to, const char *subject,
 							  const char *body, const char *msg_id, int64 execution_id);
-
-/* worker.c */
-struct BackgroundWorker;
-extern void sc_fill_worker(struct BackgroundWorker *worker, const char *function,
-						   const char *name, const char *type);
-extern void sc_work_begin(const char *activity);
-extern void sc_work_commit(void);
-extern long sc_stats_nap(long timeout_ms);
-extern bool sc_extension_installed(bool wait);
-extern void sc_apply_plan_settings(bool whole_session);
-extern struct _SPI_plan *sc_keep_plan(struct _SPI_plan **plan, const char *sql, int nargs,
-									  Oid *types);
-
-/* executor.c, launcher.c, dispatcher.c (bgworker entry points are exported for the postmaster) */
-extern PGDLLEXPORT void sc_executor_main(Datum arg);
-extern PGDLLEXPORT void sc_launcher_main(Datum arg);
-extern PGDLLEXPORT void sc_dispatcher_main(Datum arg);
-extern void sc_register_launcher(void);
-extern void sc_register_dispatcher(void);
 
 #endif							/* SMARTCONNECTOR_H */

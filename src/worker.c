@@ -4,8 +4,8 @@
  *		Plumbing the three background workers (launcher, executor,
  *		dispatcher) share: registration fields, the short transaction with
  *		an SPI connection and a snapshot that each of their database steps
- *		runs in, plans kept for the life of the process, table statistics,
- *		and the privileged sections of the executors.
+ *		runs in, table statistics, and whether the extension (in the
+ *		version this library speaks) is there to work on.
  *
  * Statistics: a background worker is not a client backend, so nothing
  * reports its table statistics for it.  Unreported, its updates and
@@ -19,7 +19,6 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/pg_authid.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -35,7 +34,6 @@
 #include "pgstat.h"
 #include "storage/lmgr.h"
 #include "postmaster/bgworker.h"
-#include "utils/guc.h"
 #include "utils/snapmgr.h"
 
 #include "smartconnector.h"
@@ -183,117 +181,4 @@ schema_spoken(Oid ext)
 						 get_database_name(MyDatabaseId))));
 	skew_logged = true;
 	return false;
-}
-
-/*
- * The settings the workers' own statements are planned and run with, as
- * their plans are kept for the life of the process: a search_path nobody
- * can change; joins by nested loop (every join pairs a few rows by key,
- * and generic plans made without this walked every connector in a merge
- * join to end one execution); no JIT (the statements run in well under a
- * millisecond, and compiling one takes several).  For the whole session
- * (the dispatcher, which runs no other code), or until sc_unpin_settings()
- * (lifecycle.c, whose executors also run handlers).
- */
-void
-sc_apply_plan_settings(bool whole_session)
-{
-	static const char *const settings[][2] = {
-		{"search_path", "pg_catalog, pg_temp"},
-		/* off would make our triggers take our own changes for a restore */
-		{"check_function_bodies", "on"},
-		{"enable_hashjoin", "off"},
-		{"enable_mergejoin", "off"},
-		{"jit", "off"},
-	};
-
-	for (size_t i = 0; i < lengthof(settings); i++)
-		(void) set_config_option(settings[i][0], settings[i][1], PGC_SUSET,
-								 whole_session ? PGC_S_OVERRIDE : PGC_S_SESSION,
-								 whole_session ? GUC_ACTION_SET : GUC_ACTION_SAVE,
-								 true, 0, false);
-}
-
-/*
- * Prepare a statement the first time it is needed and keep the plan.
- */
-SPIPlanPtr
-sc_keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
-/* Nesting of privileged sections; inside one the plan settings are pinned */
-static int	privileged_depth = 0;
-
-/*
- * Whether the plan settings are pinned already (inside a privileged
- * section), so that sc_pin_settings() need not pin them again.
- */
-bool
-sc_plan_settings_pinned(void)
-{
-	return privileged_depth > 0;
-}
-
-/*
- * Forget the privileged sections an error left (the abort has restored the
- * user and the settings).
- */
-void
-sc_privileged_reset(void)
-{
-	privileged_depth = 0;
-}
-
-/*
- * Enter a privileged section of an executor, whose session is its role's:
- * the bookkeeping of admission, loading and ending an execution runs as the
- * bootstrap superuser, as a security-restricted operation (no temp tables,
- * no SET ROLE, no cursors WITH HOLD), with our statements' settings pinned
- * and the user-settable ones that would change what they do put back:
- * a role's (or a handler's) lock_timeout would break admission waits,
- * transform_null_equals would change comparisons.  No
- * user-defined code runs inside.  Transaction abort ends it as well.
- */
-void
-sc_privileged_begin(ScPrivileged *p)
-{
-	static const char *const settings[][2] = {
-		{"lock_timeout", "0"},
-		{"transform_null_equals", "off"},
-		{"standard_conforming_strings", "on"},
-	};
-
-	GetUserIdAndSecContext(&p->save_userid, &p->save_sec_context);
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
-						   p->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	p->nest = NewGUCNestLevel();
-	sc_apply_plan_settings(false);
-	for (size_t i = 0; i < lengthof(settings); i++)
-		(void) set_config_option(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-	privileged_depth++;
-}
-
-/*
- * Leave a privileged section: the session's role and settings again.
- */
-void
-sc_privileged_end(ScPrivileged *p)
-{
-	privileged_depth--;
-	AtEOXact_GUC(true, p->nest);
-	SetUserIdAndSecContext(p->save_userid, p->save_sec_context);
 }

@@ -40,6 +40,9 @@ $node->safe_psql('postgres', qq{
 	SELECT smartconnector.create_connector('External', 'ext', status => 'operational',
 		max_concurrent_executions => 2, execution_ended_webhook_url => '$hook');
 	UPDATE smartconnector.connector SET description = 'Runs outside the database.' WHERE api_name = 'ext';
+	-- what an external execution's end triggers waits here (inactive)
+	SELECT smartconnector.create_connector('After external', 'after_ext', status => 'inactive');
+	SELECT smartconnector.chain('ext', 'after_ext');
 });
 my @queued = split /\n/, $node->safe_psql('postgres',
 	q{SELECT smartconnector.trigger('quick') FROM generate_series(1, 3)});
@@ -57,7 +60,15 @@ $node->safe_psql('postgres', qq{
 	SELECT smartconnector.finish($ended);
 });
 
-my $states = qq{SELECT string_agg(id || ' ' || state, ', ' ORDER BY id) FROM smartconnector.execution};
+my $chained = q{SELECT string_agg(e.trigger_type || ' ' || e.state || ' ' || (e.input #>> '{chained_from,execution_id}'),
+									', ' ORDER BY e.id)
+				   FROM smartconnector.execution e JOIN smartconnector.connector c ON c.id = e.connector_id
+				  WHERE c.api_name = 'after_ext'};
+is($node->safe_psql('postgres', $chained), "chain queued $ended",
+	'the end of an external execution under 0.1 queued its chained connector');
+my $states = qq{SELECT string_agg(e.id || ' ' || e.state, ', ' ORDER BY e.id)
+				 FROM smartconnector.execution e JOIN smartconnector.connector c ON c.id = e.connector_id
+				WHERE c.api_name <> 'after_ext'};
 is($node->safe_psql('postgres', $states),
 	join(', ', (map { "$_ queued" } @queued), "$cancelled cancelled", "$running running", "$ended success"),
 	'before the update: queued, cancelled, running and ended executions');
@@ -86,6 +97,8 @@ is($runner->query_safe(q{SELECT smartconnector.current_execution()}), $running,
 is($runner->query_safe("SELECT smartconnector.finish($running)"), 'success',
 	'and finishes its execution after the update');
 $runner->quit;
+is($node->safe_psql('postgres', $chained), "chain queued $ended, chain queued $running",
+	'which queues its chained connector too');
 
 wait_until($node, q{SELECT count(*) = 0 FROM smartconnector.delivery WHERE state <> 'delivered'},
 	'every webhook, pending from before the update or new, is delivered');

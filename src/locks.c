@@ -1,21 +1,24 @@
 /*-------------------------------------------------------------------------
  *
- * admission.c
- *		The per-connector admission lock, and the actions that must happen
- *		exactly when a transaction commits or aborts.
+ * locks.c
+ *		The per-connector locks (admission, enqueue), and the actions that
+ *		must happen exactly when a transaction commits or aborts.
  *
  * Admission of a connector's executions serialises on a transaction-level
  * advisory lock in our own lock space (SC_LOCKSPACE_ADMISSION), which
- * status, limit, handler and run_as changes take too.  A running
- * execution's liveness is not a lock but its runner's progress slot in
- * shared memory (shmem.c), which no SQL function can release.
+ * status, limit, handler and run_as changes take too; queueing takes the
+ * enqueue lock (SC_LOCKSPACE_ENQUEUE) in share mode, against an admission
+ * forgetting the connector's queue head.  A running execution's liveness is
+ * not a lock but its runner's progress slot in shared memory (shmem.c),
+ * which no SQL function can release.
  *
- * The actions tied to transaction end: a session's current execution is
- * forgotten when the transaction that admitted it (claim()) aborts, or the
- * one that ended it (finish()) commits, so there is never a moment when an
- * execution is "running" without a live runner; the launcher is woken at
- * commit (never before the rows it should see are visible); runners of
- * cancelled executions are signalled.
+ * The actions tied to transaction end, for the layers above: a function to
+ * run when the (sub)transaction commits or when it aborts
+ * (sc_at_commit(), sc_on_abort(): run.c forgets a session's execution
+ * with them, so there is never a moment when an execution is "running"
+ * without a live runner); the launcher and the dispatcher are woken at
+ * commit (never before the rows they should see are visible); runners of
+ * cancelled executions are signalled.  This file calls nothing above it.
  *
  * The transaction callbacks are registered once per backend, the first time
  * they are needed, and never again.
@@ -36,24 +39,15 @@
 #include "smartconnector.h"
 
 PG_FUNCTION_INFO_V1(lock_admissions);
-PG_FUNCTION_INFO_V1(lock_enqueue);
 PG_FUNCTION_INFO_V1(runner_alive);
 PG_FUNCTION_INFO_V1(wake_at_commit);
 PG_FUNCTION_INFO_V1(wake_dispatcher_at_commit);
-PG_FUNCTION_INFO_V1(signal_runner_at_commit);
-PG_FUNCTION_INFO_V1(signal_committing_runner);
-
-typedef enum PendingKind
-{
-	PENDING_SIGNAL_AT_COMMIT,	/* execution cancelled in this transaction */
-	PENDING_CLEAR_CURRENT_AT_COMMIT,	/* this session's execution ended */
-	PENDING_FORGET_CURRENT_ON_ABORT /* this session's execution began */
-} PendingKind;
 
 typedef struct PendingAction
 {
-	PendingKind kind;
-	int64		execution_id;
+	ScXactAction action;
+	int64		arg;
+	bool		at_commit;		/* else on abort */
 	int			nest_level;		/* subtransaction level it belongs to */
 } PendingAction;
 
@@ -63,7 +57,8 @@ static bool wake_dispatcher_pending = false;
 static bool callbacks_registered = false;
 
 static void register_callbacks(void);
-static void remember(PendingKind kind, int64 execution_id);
+static void remember(ScXactAction fn, int64 arg, bool at_commit);
+static void signal_runner(int64 execution_id);
 static void xact_callback(XactEvent event, void *arg);
 static void subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 							 SubTransactionId parentSubid, void *arg);
@@ -85,7 +80,7 @@ register_callbacks(void)
  * Remember an action for the end of the current (sub)transaction.
  */
 static void
-remember(PendingKind kind, int64 execution_id)
+remember(ScXactAction fn, int64 arg, bool at_commit)
 {
 	MemoryContext old;
 	PendingAction *action;
@@ -93,8 +88,9 @@ remember(PendingKind kind, int64 execution_id)
 	register_callbacks();
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	action = palloc(sizeof(PendingAction));
-	action->kind = kind;
-	action->execution_id = execution_id;
+	action->action = fn;
+	action->arg = arg;
+	action->at_commit = at_commit;
 	action->nest_level = GetCurrentTransactionNestLevel();
 	pending_actions = lappend(pending_actions, action);
 	MemoryContextSwitchTo(old);
@@ -186,17 +182,16 @@ enqueue_locktag(LOCKTAG *tag, int64 connector_id)
 }
 
 /*
- * lock_enqueue(connector_id bigint) returns void: the share lock enqueue()
- * takes before it queues an execution, until the end of the transaction.
+ * The share lock enqueue() takes before it queues an execution, until the
+ * end of the transaction.
  */
-Datum
-lock_enqueue(PG_FUNCTION_ARGS)
+void
+sc_lock_enqueue(int64 connector_id)
 {
 	LOCKTAG		tag;
 
-	enqueue_locktag(&tag, PG_GETARG_INT64(0));
+	enqueue_locktag(&tag, connector_id);
 	(void) LockAcquire(&tag, ShareLock, false, false);
-	PG_RETURN_VOID();
 }
 
 /*
@@ -249,19 +244,36 @@ sc_wake_dispatcher_at_commit(void)
 }
 
 /*
- * Forget this session's current execution when the transaction commits
- * (finish) or aborts (claim).
+ * Run fn(arg) when the current (sub)transaction commits, or when it aborts.
+ * It runs outside any transaction, so it must not fail or touch tables.
  */
 void
-sc_clear_current_at_commit(void)
+sc_at_commit(ScXactAction fn, int64 arg)
 {
-	remember(PENDING_CLEAR_CURRENT_AT_COMMIT, 0);
+	remember(fn, arg, true);
 }
 
 void
-sc_forget_current_on_abort(void)
+sc_on_abort(ScXactAction fn, int64 arg)
 {
-	remember(PENDING_FORGET_CURRENT_ON_ABORT, 0);
+	remember(fn, arg, false);
+}
+
+static void
+signal_runner(int64 execution_id)
+{
+	(void) sc_signal_runner(execution_id, false);
+}
+
+/*
+ * Interrupt the runner of an execution cancelled in this transaction once
+ * the cancel is committed, so that the runner sees cancel_requested when it
+ * records the outcome.
+ */
+void
+sc_signal_runner_at_commit(int64 execution_id)
+{
+	remember(signal_runner, execution_id, true);
 }
 
 /*
@@ -284,21 +296,8 @@ run_pending(bool commit, int level)
 			keep = lappend(keep, action);
 			continue;
 		}
-		switch (action->kind)
-		{
-			case PENDING_SIGNAL_AT_COMMIT:
-				if (commit)
-					sc_signal_runner(action->execution_id, false);
-				break;
-			case PENDING_CLEAR_CURRENT_AT_COMMIT:
-				if (commit)
-					sc_clear_current();
-				break;
-			case PENDING_FORGET_CURRENT_ON_ABORT:
-				if (!commit)
-					sc_clear_current();
-				break;
-		}
+		if (action->at_commit == commit)
+			action->action(action->arg);
 		pfree(action);
 	}
 	list_free(pending_actions);
@@ -411,31 +410,5 @@ Datum
 wake_dispatcher_at_commit(PG_FUNCTION_ARGS)
 {
 	sc_wake_dispatcher_at_commit();
-	PG_RETURN_VOID();
-}
-
-/*
- * signal_runner_at_commit(execution_id bigint) returns void: interrupt the
- * runner of a cancelled execution once the cancel is committed, so that the
- * runner sees cancel_requested when it records the outcome.
- */
-Datum
-signal_runner_at_commit(PG_FUNCTION_ARGS)
-{
-	remember(PENDING_SIGNAL_AT_COMMIT, PG_GETARG_INT64(0));
-	PG_RETURN_VOID();
-}
-
-/*
- * signal_committing_runner(execution_id bigint) returns void: cancel() of a
- * running execution, before it waits for the execution's row: if the
- * executor is committing the handler's work (which holds that row while
- * deferred triggers or held cursors of the handler run), interrupt it now,
- * or cancel() would wait for it without end.
- */
-Datum
-signal_committing_runner(PG_FUNCTION_ARGS)
-{
-	(void) sc_signal_runner(PG_GETARG_INT64(0), true);
 	PG_RETURN_VOID();
 }

@@ -1,57 +1,44 @@
 /*-------------------------------------------------------------------------
  *
- * http.c
- *		Everything that touches libcurl: validating webhook URLs with
- *		libcurl's URL API (so the database accepts exactly the URLs the
- *		dispatcher can post to), and the delivery transport, a curl multi
- *		handle that posts webhooks and sends emails, with the rules on
- *		which addresses a webhook may reach.
+ * transport.c
+ *		The delivery transport: a libcurl multi handle that posts webhooks
+ *		and sends emails for the dispatcher, with the rules on which
+ *		addresses a webhook may reach (smartconnector.block_private_addresses
+ *		and allowed_private_addresses).
  *
- * Rule: no ereport(ERROR) while a curl object is alive.  Every function
- * gathers what it needs from curl into palloc'd memory, releases the curl
- * objects, and only then reports.
+ * The multi handle is driven by PostgreSQL's WaitEventSet, so that the
+ * dispatcher sleeps on its latch and on curl's sockets at once and wakes
+ * for whichever comes first.  Transfers are independent: each completes on
+ * its own and is reported through sc_transport_take_results(), so a slow
+ * receiver never holds back another (there is no batch barrier).
+ * Connections are reused per host and capped per host
+ * (CURLMOPT_MAX_HOST_CONNECTIONS).
+ *
+ * Rule: no ereport(ERROR) while libcurl is running a callback, and none
+ * while a curl object of a function's own is alive: every function gathers
+ * what it needs from curl into palloc'd memory, releases the curl objects,
+ * and only then reports.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include <curl/curl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "smartconnector.h"
-
-/*
- * libcurl versions: 7.68 or newer builds (Ubuntu 20.04).  What newer ones
- * add, and what an older one costs:
- *  - 7.80 CURLOPT_PREREQFUNCTION, which re-checks the address of a reused
- *    connection before each request.  Without it, webhooks never reuse a
- *    connection while smartconnector.block_private_addresses is on, so that
- *    every request passes the check when its socket is opened (slower);
- *  - 7.80 curl_url_strerror(), for the detail of a URL curl cannot parse;
- *  - 7.85 CURLOPT_PROTOCOLS_STR (older: the CURLOPT_PROTOCOLS bitmask).
- */
-#if LIBCURL_VERSION_NUM < 0x074400
-#error "smartconnector needs libcurl 7.68 or newer"
-#endif
-#define SC_CURL_HAS_PREREQ		(LIBCURL_VERSION_NUM >= 0x075000)
-#define SC_CURL_HAS_URL_STRERROR (LIBCURL_VERSION_NUM >= 0x075000)
-#define SC_CURL_HAS_PROTOCOLS_STR (LIBCURL_VERSION_NUM >= 0x075500)
-
-/* The text of a URL parser error */
-static const char *
-url_error_text(CURLUcode rc)
-{
-#if SC_CURL_HAS_URL_STRERROR
-	return curl_url_strerror(rc);
-#else
-	static char text[32];
-
-	snprintf(text, sizeof(text), "URL error %d", (int) rc);
-	return text;
-#endif
-}
+#include "sc_curl.h"
 
 /* Allow only these protocols on a transfer: "http,https" or "smtp,smtps" */
 static void
@@ -65,159 +52,6 @@ allow_protocols(CURL *easy, bool web)
 					 (long) (CURLPROTO_SMTP | CURLPROTO_SMTPS));
 #endif
 }
-
-PG_FUNCTION_INFO_V1(check_webhook_url);
-
-/* What curl_url told us about a URL, copied out of curl's memory */
-typedef struct ParsedUrl
-{
-	CURLUcode	rc;				/* result of parsing the whole URL */
-	char	   *scheme;			/* lowercased by curl; NULL when absent */
-	char	   *host;
-	bool		has_user;
-	bool		has_password;
-} ParsedUrl;
-
-static void parse_url(const char *url, ParsedUrl *out);
-static char *curl_part(CURLU *h, CURLUPart part);
-
-/*
- * Copy one URL part out of curl's memory, or NULL when it is absent.
- */
-static char *
-curl_part(CURLU *h, CURLUPart part)
-{
-	char	   *value = NULL;
-	char	   *copy = NULL;
-
-	if (curl_url_get(h, part, &value, 0) == CURLUE_OK && value != NULL)
-		copy = pstrdup(value);
-	curl_free(value);
-	return copy;
-}
-
-/*
- * Parse url with libcurl, accepting any scheme so that a wrong scheme can be
- * reported as such rather than as a malformed URL.
- */
-static void
-parse_url(const char *url, ParsedUrl *out)
-{
-	CURLU	   *h = curl_url();
-	char	   *user;
-	char	   *password;
-
-	memset(out, 0, sizeof(*out));
-	if (h == NULL)
-		elog(ERROR, "out of memory in curl_url()");
-
-	out->rc = curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME);
-	if (out->rc == CURLUE_OK)
-	{
-		out->scheme = curl_part(h, CURLUPART_SCHEME);
-		out->host = curl_part(h, CURLUPART_HOST);
-		user = curl_part(h, CURLUPART_USER);
-		password = curl_part(h, CURLUPART_PASSWORD);
-		out->has_user = (user != NULL);
-		out->has_password = (password != NULL);
-	}
-	curl_url_cleanup(h);
-}
-
-/*
- * check_webhook_url(url text) returns void
- *
- * Refuse anything but an absolute http or https URL with a host and without
- * credentials.  Credentials are refused because viewers can read the URL;
- * they belong in webhook_headers, which viewers cannot read.  The URL is
- * never echoed in an error: a refused one may hold credentials.
- */
-Datum
-check_webhook_url(PG_FUNCTION_ARGS)
-{
-	text	   *arg = PG_GETARG_TEXT_PP(0);
-	char	   *url = text_to_cstring(arg);
-	size_t		len = strlen(url);
-	ParsedUrl	parsed;
-
-	if (len > SC_MAX_URL_LENGTH)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("The URL is %zu characters long; at most %d are allowed.",
-						   len, SC_MAX_URL_LENGTH)));
-
-	for (const char *p = url; *p; p++)
-	{
-		if ((unsigned char) *p <= 0x20 || (unsigned char) *p == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid execution_ended_webhook_url"),
-					 errdetail("The URL contains white space or a control character."),
-					 errhint("Percent-encode spaces as %%20.")));
-	}
-
-	if (strstr(url, "://") == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("The URL must be absolute, beginning with http:// or https://.")));
-
-	parse_url(url, &parsed);
-
-	if (parsed.rc != CURLUE_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("libcurl cannot parse it: %s.", url_error_text(parsed.rc)),
-				 errhint("Give an absolute URL such as https://example.com/hooks/smartconnector.")));
-
-	if (parsed.scheme == NULL ||
-		(strcmp(parsed.scheme, "http") != 0 && strcmp(parsed.scheme, "https") != 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("The scheme \"%s\" is not allowed; only http and https are.",
-						   parsed.scheme ? parsed.scheme : "")));
-
-	if (parsed.has_user || parsed.has_password)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("Credentials are not allowed in the URL, because viewers can read it."),
-				 errhint("Put credentials in webhook_headers, for example {\"Authorization\": \"Bearer ...\"}.")));
-
-	if (parsed.host == NULL || parsed.host[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid execution_ended_webhook_url"),
-				 errdetail("The URL has no host.")));
-
-	PG_RETURN_VOID();
-}
-
-/* ------------------------------------------------------------------------
- * The delivery transport: a libcurl multi handle driven by PostgreSQL's
- * WaitEventSet, so that the dispatcher sleeps on its latch and on curl's
- * sockets at once and wakes for whichever comes first.
- *
- * Transfers are independent: each completes on its own and is reported
- * through sc_transport_take_results(), so a slow receiver never holds back
- * another (there is no batch barrier).  Connections are reused per host and
- * capped per host (CURLMOPT_MAX_HOST_CONNECTIONS).
- * ------------------------------------------------------------------------ */
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
-#include "lib/stringinfo.h"
-#include "miscadmin.h"
-#include "storage/fd.h"
-#include "storage/latch.h"
-#include "utils/memutils.h"
-#include "utils/timestamp.h"
-#include "utils/wait_event.h"
 
 #define SC_MAX_STORED_RESPONSE	4096
 
@@ -317,14 +151,12 @@ sc_transport_configure(void)
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "smartconnector smtp_url",
 											  ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
-	ParsedUrl	parsed;
 
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) sc_max_connections_per_host);
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) sc_max_deliveries_in_flight);
 
 	/* once per (re)load, not per email; the parsed parts (a password) go at once */
-	parse_url(sc_smtp_url ? sc_smtp_url : "", &parsed);
-	smtp_url_has_credentials = parsed.has_user || parsed.has_password;
+	smtp_url_has_credentials = sc_url_has_credentials(sc_smtp_url ? sc_smtp_url : "");
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 }
@@ -1198,33 +1030,4 @@ sc_transport_free_results(List *r)
 		pfree(res);
 	}
 	list_free(r);
-}
-
-/*
- * url_host(url text) returns text: "host:port" as libcurl sees it, the key
- * for per-host connection limits.
- */
-PG_FUNCTION_INFO_V1(url_host);
-
-Datum
-url_host(PG_FUNCTION_ARGS)
-{
-	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	CURLU	   *h = curl_url();
-	char	   *host = NULL;
-	char	   *port = NULL;
-	char	   *result;
-
-	if (h == NULL)
-		elog(ERROR, "out of memory in curl_url()");
-	if (curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK)
-	{
-		host = curl_part(h, CURLUPART_HOST);
-		if (curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
-			port = NULL;
-	}
-	result = psprintf("%s:%s", host ? host : "", port ? port : "");
-	curl_free(port);
-	curl_url_cleanup(h);
-	PG_RETURN_TEXT_P(cstring_to_text(result));
 }

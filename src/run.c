@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
- * runtime.c
- *		What a run sees: the session's current execution, record(),
- *		lock_record(), the diff-check hashes, progress, and recording the
- *		outcome of an execution together with its output report.
+ * run.c
+ *		The session's run: its current execution (an executor's handler, or
+ *		an external runner between claim() and finish()), with its progress
+ *		slot, and what a run calls: record(), lock_record(), the diff-check
+ *		hashes, progress().
  *
  * A session has at most one current execution: an executor worker while it
  * runs a handler, or an external runner between claim() and finish().
@@ -13,7 +14,10 @@
  * keeps the report of a failed handler, whose own writes are rolled back,
  * and of a dry run, whose writes are rolled back on purpose.  The buffers
  * are written in the transaction that ends the execution, and forgotten
- * only once that transaction has committed.
+ * only once that transaction has committed.  Ending is the state
+ * machine's (execution.c, sc_end_current()), which writes the buffers
+ * through sc_flush_report() and sc_flush_hashes(); this file calls nothing
+ * above it.
  *
  * Counts are mirrored into this backend's shared progress slot, so other
  * sessions see progress while the execution runs.  The slot is also the
@@ -49,10 +53,7 @@ PG_FUNCTION_INFO_V1(record);
 PG_FUNCTION_INFO_V1(lock_record);
 PG_FUNCTION_INFO_V1(current_execution);
 PG_FUNCTION_INFO_V1(current_execution_info);
-PG_FUNCTION_INFO_V1(forget_current);
 PG_FUNCTION_INFO_V1(remember_hash);
-PG_FUNCTION_INFO_V1(begin_execution);
-PG_FUNCTION_INFO_V1(complete_current);
 PG_FUNCTION_INFO_V1(progress);
 
 /* Rows per INSERT when writing buffered report rows and hashes */
@@ -89,8 +90,7 @@ static void utility_hook(PlannedStmt *pstmt, const char *queryString, bool readO
 						 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc);
 static CurrentExecution *require_current(const char *caller);
 static void publish_counts(void);
-static void flush_report(void);
-static void flush_hashes(void);
+static void clear_current_action(int64 arg);
 
 /*
  * The id of this session's current execution, or 0.
@@ -150,6 +150,43 @@ sc_occupy_slot(int64 execution_id)
 	SpinLockRelease(&sc_shared->mutex);
 	pg_atomic_write_u64(&slot->execution_id, (uint64) execution_id);
 	sc_forget_current_on_abort();
+}
+
+static void
+clear_current_action(int64 arg)
+{
+	sc_clear_current();
+}
+
+/*
+ * Forget this session's current execution when the transaction commits
+ * (its end), or when it aborts (its admission).
+ */
+void
+sc_clear_current_at_commit(void)
+{
+	sc_at_commit(clear_current_action, 0);
+}
+
+void
+sc_forget_current_on_abort(void)
+{
+	sc_on_abort(clear_current_action, 0);
+}
+
+/*
+ * What the state machine needs of the current execution; false if none.
+ */
+bool
+sc_current_run(ScRunInfo *info)
+{
+	if (current == NULL)
+		return false;
+	info->execution_id = current->execution_id;
+	info->connector_id = current->connector_id;
+	info->dry_run = current->dry_run;
+	info->counts = current->counts;
+	return true;
 }
 
 /*
@@ -417,17 +454,6 @@ current_execution(PG_FUNCTION_ARGS)
 }
 
 /*
- * forget_current() returns void: finish() and claim() forget a session's
- * execution that no longer exists (cancelled, then deleted by cleanup()).
- */
-Datum
-forget_current(PG_FUNCTION_ARGS)
-{
-	sc_clear_current();
-	PG_RETURN_VOID();
-}
-
-/*
  * current_execution_info(OUT execution_id bigint, OUT connector_id bigint,
  *						  OUT diff_check boolean, OUT dry_run boolean)
  */
@@ -474,23 +500,12 @@ remember_hash(PG_FUNCTION_ARGS)
 }
 
 /*
- * begin_execution(execution_id, connector_id, diff_check, dry_run) returns
- * void: claim() made this session the runner of an execution.
+ * Write the buffered report rows, FLUSH_BATCH at a time (for the state
+ * machine, which ends the execution in the same transaction).  SPI
+ * connected.
  */
-Datum
-begin_execution(PG_FUNCTION_ARGS)
-{
-	sc_begin_current(PG_GETARG_INT64(0), PG_GETARG_INT64(1),
-					 PG_GETARG_BOOL(2), PG_GETARG_BOOL(3), SC_PHASE_EXTERNAL);
-	sc_forget_current_on_abort();
-	PG_RETURN_VOID();
-}
-
-/*
- * Write the buffered report rows, FLUSH_BATCH at a time.
- */
-static void
-flush_report(void)
+void
+sc_flush_report(void)
 {
 	Oid			types[5] = {INT8OID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 	SPIPlanPtr	plan = sc_keep_plan(&report_plan,
@@ -558,10 +573,10 @@ flush_report(void)
 
 /*
  * Store the hashes of the records this successful execution processed;
- * the last hash given for a key wins.
+ * the last hash given for a key wins.  SPI connected.
  */
-static void
-flush_hashes(void)
+void
+sc_flush_hashes(void)
 {
 	Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, BYTEAARRAYOID};
 	SPIPlanPtr	plan = sc_keep_plan(&hash_plan,
@@ -616,65 +631,6 @@ flush_hashes(void)
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(batch_cxt);
-}
-
-/*
- * Record the outcome of the current execution in the current transaction:
- * the report rows, the end state (through complete_execution(), which also
- * queues what follows a completion), and on success the new record hashes.
- * The slot is given up and the buffers forgotten when this commits; if it
- * aborts, nothing is lost and the caller may try again.
- *
- * Returns the end state, or NULL when the execution had already ended
- * (cancelled while an external runner worked on it).
- */
-char *
-sc_complete_current(const char *error, const char *metadata_json,
-					const char *handler_result_json, ScCommitted committed)
-{
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	char	   *state;
-
-	if (current == NULL)
-		elog(ERROR, "no current smartconnector execution to complete");
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-
-	flush_report();
-
-	state = sc_end_execution(current->execution_id, current->counts, error,
-							 metadata_json, handler_result_json, committed, NULL);
-
-	if (state != NULL && strcmp(state, "success") == 0 && !current->dry_run)
-		flush_hashes();
-
-	/* the label was allocated in SPI's context, which SPI_finish() deletes */
-	if (state != NULL)
-		state = MemoryContextStrdup(caller_cxt, state);
-	SPI_finish();
-
-	sc_clear_current_at_commit();
-	return state;
-}
-
-/*
- * complete_current(error text, metadata jsonb) returns text: finish() ends
- * the session's execution.
- */
-Datum
-complete_current(PG_FUNCTION_ARGS)
-{
-	char	   *error = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *metadata = NULL;
-	char	   *state;
-
-	if (!PG_ARGISNULL(1))
-		metadata = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(1)));
-	state = sc_complete_current(error, metadata, NULL, SC_COMMITTED_UNKNOWN);
-	if (state == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(state));
 }
 
 /*

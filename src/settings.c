@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
- * catalog.c
- *		SQL-callable helpers behind the settings catalog: validators for
+ * settings.c
+ *		SQL-callable helpers behind the connector settings: validators for
  *		email addresses, Standard Webhooks secrets and extra webhook
- *		headers, secret generation, and how trigger() was reached.
+ *		headers, secret generation, how trigger() was reached, and the hint
+ *		a viewer gets for columns it may not read.  (Webhook URLs: url.c.)
  *
  * The validators are called by the BEFORE trigger on
  * smartconnector.connector, so plain INSERT and UPDATE in psql get the same
