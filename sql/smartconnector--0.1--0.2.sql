@@ -1,9 +1,12 @@
 /*
  * smartconnector--0.1--0.2.sql
- *		Upgrade 0.1 to 0.2: an execution timeout per connector.
+ *		Upgrade 0.1 to 0.2: an execution timeout per connector, queue heads,
+ *		the state machine in C, one definition per rule.
  *
- * CREATE EXTENSION runs this too, after smartconnector--0.1.sql.  New
- * functions are revoked from PUBLIC here, as in the install script; the
+ * A fresh install runs the full script instead (smartconnector--0.2.sql,
+ * made from sql/install/); test/t/021_install_paths.pl proves that both
+ * give the same catalog, so every change here has its twin in a section.
+ * New functions are revoked from PUBLIC here, as in the install script; the
  * library of 0.2 waits (and says so once) until this script has run.
  */
 

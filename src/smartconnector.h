@@ -22,7 +22,7 @@
 #include "utils/guc.h"
 
 #define SC_VERSION "0.2"
-/* where the implementations and internals live (see sql/smartconnector--0.1.sql) */
+/* where the implementations and internals live (see sql/install/00-header.sql) */
 #define SC_INTERNAL_SCHEMA "smartconnector_internal"
 
 /* Room for an interval's text form in a progress slot (ScProgressSlot.overran) */

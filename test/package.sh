@@ -28,7 +28,8 @@ dpkg -i "$deb" >/dev/null
 
 # what PostgreSQL loads now is what the package installed
 dpkg --verify postgresql-15-smartconnector
-for f in smartconnector.so smartconnector.control smartconnector--0.1.sql smartconnector--0.1--0.2.sql; do
+for f in smartconnector.so smartconnector.control smartconnector--0.1.sql smartconnector--0.1--0.2.sql \
+	smartconnector--0.2.sql; do
 	dpkg -L postgresql-15-smartconnector | grep -q "/$f\$" || { echo "package lacks $f" >&2; exit 1; }
 done
 sc_check_exports /usr/lib/postgresql/15/lib/smartconnector.so
