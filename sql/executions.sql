@@ -75,7 +75,13 @@ BEGIN;
 SELECT smartconnector.finish(:e4);
 ROLLBACK;
 SELECT state FROM smartconnector.execution WHERE id = :e4;
+-- finished twice in one transaction: the second says so, and the first stands
+BEGIN;
+SELECT smartconnector.record('twice-1', 'created');
 SELECT smartconnector.finish(:e4);
+SELECT smartconnector.finish(:e4);
+COMMIT;
+SELECT state, records_created FROM smartconnector.execution WHERE id = :e4;
 
 -- claim refuses other isolation levels, and connectors with a handler
 BEGIN ISOLATION LEVEL REPEATABLE READ;
@@ -176,8 +182,10 @@ SELECT smartconnector.lock_record('cust-1');
 -- executions cannot be written directly, and connectors with work in flight stay
 SELECT smartconnector.trigger('ext') AS e8 \gset
 DELETE FROM smartconnector.connector WHERE api_name = 'ext';
-SELECT smartconnector.cancel(:e8);
 SELECT smartconnector.change_api_name('ext', 'external');
+-- a claim by the old name warns once that it is an alias
+SELECT smartconnector.claim('ext') = :e8 AS claimed_by_alias;
+SELECT smartconnector.finish(:e8);
 SELECT smartconnector.drop_api_name_alias('ext');
 DELETE FROM smartconnector.connector WHERE api_name = 'external';
 SELECT count(*) AS executions_left FROM smartconnector.execution WHERE connector_id = :ext_id;

@@ -112,3 +112,37 @@ SELECT s, to_char(smartconnector.cron_next(s, '2026-11-29 21:59:30+00') AT TIME 
   FROM unnest(ARRAY['* * * * *', '0 3 * * *', '*/15 * * * *', '30 2 * * mon-fri',
                     '0 0 1 jan *', '0 12 13 * 5', '5,35 9-17/4 * * *', '0 0 29 2 *',
                     '10 seconds', 'nonsense', '61 * * * *']) AS s;
+
+-- a role that may create objects in a schema on someone's search_path cannot
+-- make the rules the overview (run as its reader) and the api_name check (as
+-- the writer) evaluate run its code: their operators were bound at install
+CREATE ROLE regress_mallory;
+CREATE SCHEMA regress_mal AUTHORIZATION regress_mallory;
+SET ROLE regress_mallory;
+CREATE FUNCTION regress_mal.status_eq(a smartconnector.connector_status, b smartconnector.connector_status)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE WARNING 'regress_mallory''s = ran as %', current_user;
+	RETURN a::text = b::text;
+END $$;
+CREATE OPERATOR regress_mal.= (LEFTARG = smartconnector.connector_status,
+	RIGHTARG = smartconnector.connector_status, FUNCTION = regress_mal.status_eq);
+CREATE FUNCTION regress_mal.text_match(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE WARNING 'regress_mallory''s ~ ran as %', current_user;
+	RETURN pg_catalog.textregexeq(a, b);
+END $$;
+CREATE OPERATOR regress_mal.~ (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_mal.text_match);
+RESET ROLE;
+SET client_min_messages = warning;
+SELECT smartconnector.create_connector('Target', 'mal_target') > 0 AS created;
+SELECT smartconnector.trigger('mal_target') AS mal_queued \gset
+SET search_path = regress_mal, pg_catalog;
+SELECT api_name, waiting_for FROM smartconnector.overview WHERE api_name = 'mal_target';
+UPDATE smartconnector.connector SET name = 'Target (renamed)' WHERE api_name = 'mal_target';
+RESET search_path;
+SELECT smartconnector.cancel(:mal_queued);
+DELETE FROM smartconnector.connector WHERE api_name = 'mal_target';
+RESET client_min_messages;
+DROP SCHEMA regress_mal CASCADE;
+DROP ROLE regress_mallory;

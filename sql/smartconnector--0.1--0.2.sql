@@ -17,34 +17,32 @@
  * Rules, one definition each.  Each is an inlinable SQL function (its body
  * is planned into the statement that calls it); C asks them too.  PUBLIC
  * may execute them: constraints and the overview view evaluate them as the
- * user who writes or reads, and none reveals anything.
+ * user who writes or reads, and none reveals anything.  Their bodies are
+ * SQL-standard (RETURN ...), so their operators are bound now, under this
+ * script's search_path: a text body would be parsed with the caller's, and
+ * whoever can create an operator =(connector_status, connector_status) in
+ * a schema on a reader's path would run code as the overview's reader.
  * ------------------------------------------------------------------------ */
 
 /* Which statuses may execute (README: status) */
 CREATE FUNCTION smartconnector_internal.status_executable(status smartconnector.connector_status)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-	SELECT status IN ('operational', 'need_attention')
-$$;
+RETURN status IN ('operational', 'need_attention');
 
 /* What an api_name (or an alias) looks like */
 CREATE FUNCTION smartconnector_internal.api_name_valid(api_name text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-	SELECT api_name ~ '^[a-z][a-z0-9_]{0,62}$'
-$$;
+RETURN api_name ~ '^[a-z][a-z0-9_]{0,62}$';
 
 /* An execution's output report URL, from smartconnector.report_url_template (NULL when unset) */
 CREATE FUNCTION smartconnector_internal.report_url(execution_id bigint, api_name text)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-	SELECT NULLIF(pg_catalog.replace(pg_catalog.replace(
-		pg_catalog.current_setting('smartconnector.report_url_template'),
-		'{execution_id}', execution_id::text), '{api_name}', api_name), '')
-$$;
+RETURN NULLIF(pg_catalog.replace(pg_catalog.replace(
+	pg_catalog.current_setting('smartconnector.report_url_template'),
+	'{execution_id}', execution_id::text), '{api_name}', api_name), '');
 REVOKE ALL ON FUNCTION smartconnector_internal.report_url(bigint, text) FROM PUBLIC;
 
 ALTER TABLE smartconnector.connector DROP CONSTRAINT connector_api_name_check,
@@ -482,10 +480,8 @@ $$;
 CREATE FUNCTION smartconnector_internal.may_run(c smartconnector.connector)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
-AS $$
-	SELECT c.handler IS NOT NULL AND smartconnector_internal.status_executable(c.status)
-		   AND c.max_concurrent_executions > 0
-$$;
+RETURN c.handler IS NOT NULL AND smartconnector_internal.status_executable(c.status)
+	   AND c.max_concurrent_executions > 0;
 REVOKE ALL ON FUNCTION smartconnector_internal.may_run(smartconnector.connector) FROM PUBLIC;
 
 CREATE TABLE smartconnector_internal.queue_head (

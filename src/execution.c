@@ -106,7 +106,7 @@ PG_FUNCTION_INFO_V1(cancel_impl);
 	"         WHERE e.connector_id = x.id AND e.state = 'running')" \
 	"  FROM smartconnector.connector x" \
 	" WHERE x.id = $1 AND " status_rule \
-	"   AND (x.handler IS NOT NULL OR NOT $2)"
+	"   AND (x.handler IS NOT NULL) = $2"
 
 /* admit_connector(): the connector's admission lock is held elsewhere */
 #define ADMIT_BUSY (-1)
@@ -164,6 +164,7 @@ static SPIPlanPtr count_all_plan = NULL;
 static SPIPlanPtr state_plan = NULL;
 static SPIPlanPtr runner_connector_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_id_plan = NULL;
 static SPIPlanPtr chain_enqueue_plan = NULL;
 
 /* The first queued execution admit_connector() took */
@@ -389,7 +390,8 @@ update_queue_head(int64 connector_id, int64 next_head)
  * ADMIT_HEAD_LOCKED when a cancel() not yet committed holds the oldest
  * queued execution (which may stay so for any time).
  * An executor (ADMIT_FOR_EXECUTOR) admits only connectors that have a
- * handler.  With ADMIT_OCCUPY, this backend becomes the execution's runner
+ * handler, claim() only those without one, as of the lock (a handler
+ * given meanwhile wins).  With ADMIT_OCCUPY, this backend becomes the execution's runner
  * (its progress slot names it); without, the caller ends it in this same
  * transaction.
  * admitted->next_head is the connector's next queued execution (0 if none).
@@ -1105,6 +1107,8 @@ cancel_execution(int64 execution_id)
 			elog(ERROR, "could not cancel execution %lld", (long long) execution_id);
 		if (SPI_processed == 1)
 			queue_followers(execution_id, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		/* also marks the transaction: a PREPAREd cancel would hold the queue's head */
+		sc_wake_at_commit();
 		return true;
 	}
 
@@ -1378,6 +1382,7 @@ Datum
 claim(PG_FUNCTION_ARGS)
 {
 	Oid			types[1] = {TEXTOID};
+	Oid			id_types[1] = {INT8OID};
 	Datum		args[1];
 	char		nulls[1] = {' '};
 	int			nest;
@@ -1393,15 +1398,22 @@ claim(PG_FUNCTION_ARGS)
 	sc_spi_connect();
 	args[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
 	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
-	/* connector_id() resolves aliases and raises the errors of a bad name */
-	if (SPI_execute_plan(sc_keep_plan(&claim_plan,
-		"SELECT c.id, c.handler IS NOT NULL, c.api_name"
-		"  FROM smartconnector.connector c"
-		" WHERE c.id = smartconnector.connector_id($1)",
+	/*
+	 * connector_id() resolves aliases and raises the errors of a bad name; in
+	 * a statement of its own, so that it runs (and warns of an alias) once
+	 */
+	if (SPI_execute_plan(sc_keep_plan(&claim_id_plan,
+		"SELECT smartconnector.connector_id($1)",
 		1, types), args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the connector to claim from");
+		elog(ERROR, "could not resolve the connector to claim from");
 	connector_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											   &isnull));
+	args[0] = Int64GetDatum(connector_id);
+	if (SPI_execute_plan(sc_keep_plan(&claim_plan,
+		"SELECT c.id, c.handler IS NOT NULL, c.api_name"
+		"  FROM smartconnector.connector c WHERE c.id = $1",
+		1, id_types), args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read connector %lld", (long long) connector_id);
 	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1441,6 +1453,7 @@ finish(PG_FUNCTION_ARGS)
 	bool		found;
 	Datum		state;
 	Oid			final;
+	ScRunInfo	run;
 	char	   *error = NULL;
 	char	   *metadata = NULL;
 
@@ -1470,6 +1483,22 @@ finish(PG_FUNCTION_ARGS)
 		SPI_finish();
 		sc_unpin_settings(nest);
 		PG_RETURN_NULL();
+	}
+	(void) sc_current_run(&run);
+	if (!run.external)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("execution %lld is run by its handler", (long long) id),
+				 errhint("finish() is for external runners; a handler ends its execution by returning, or by raising an error.")));
+	if (run.ending)
+	{
+		/* finished already in this transaction: its report is written */
+		state = execution_state(id, &found);
+		ereport(WARNING,
+				(errmsg("execution %lld was already finished in this transaction", (long long) id)));
+		SPI_finish();
+		sc_unpin_settings(nest);
+		PG_RETURN_DATUM(state);
 	}
 	SPI_finish();
 	sc_unpin_settings(nest);

@@ -69,6 +69,8 @@ typedef struct CurrentExecution
 	int64		connector_id;
 	bool		diff_check;
 	bool		dry_run;
+	bool		external;		/* claim()ed by this session, not a handler's */
+	bool		ending;			/* ended by this transaction, not committed yet */
 	int64		counts[SC_NUM_ACTIONS];
 	int32		next_seq;
 	MemoryContext cxt;			/* everything below lives here */
@@ -158,14 +160,24 @@ clear_current_action(int64 arg)
 	sc_clear_current();
 }
 
+static void
+not_ending_action(int64 execution_id)
+{
+	if (current != NULL && current->execution_id == execution_id)
+		current->ending = false;
+}
+
 /*
- * Forget this session's current execution when the transaction commits
- * (its end), or when it aborts (its admission).
+ * Forget this session's current execution when the transaction that ends
+ * it commits; until then it is "ending" (unless that (sub)transaction
+ * aborts), or when it aborts (its admission).
  */
 void
 sc_clear_current_at_commit(void)
 {
+	current->ending = true;
 	sc_at_commit(clear_current_action, 0);
+	sc_on_abort(not_ending_action, current->execution_id);
 }
 
 void
@@ -185,6 +197,8 @@ sc_current_run(ScRunInfo *info)
 	info->execution_id = current->execution_id;
 	info->connector_id = current->connector_id;
 	info->dry_run = current->dry_run;
+	info->external = current->external;
+	info->ending = current->ending;
 	info->counts = current->counts;
 	return true;
 }
@@ -251,6 +265,7 @@ sc_begin_current(int64 execution_id, int64 connector_id, bool diff_check,
 	current->connector_id = connector_id;
 	current->diff_check = diff_check;
 	current->dry_run = dry_run;
+	current->external = phase == SC_PHASE_EXTERNAL;
 
 	current->report_desc = CreateTemplateTupleDesc(4);
 	TupleDescInitEntry(current->report_desc, 1, "seq", INT4OID, -1, 0);

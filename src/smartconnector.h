@@ -232,6 +232,8 @@ typedef struct ScRunInfo
 	int64		execution_id;
 	int64		connector_id;
 	bool		dry_run;
+	bool		external;		/* claim()ed, not a handler's */
+	bool		ending;			/* ended by this transaction, not committed yet */
 	const int64 *counts;		/* SC_NUM_ACTIONS */
 } ScRunInfo;
 extern int64 sc_current_execution_id(void);

@@ -139,16 +139,18 @@ COMMENT ON TYPE smartconnector.connector_status IS
  * Rules, one definition each: inlinable SQL functions (planned into the
  * statement that calls them), which SQL and C both ask.  PUBLIC may execute
  * these two: constraints and the overview evaluate them as the user who
- * writes or reads, and neither reveals anything.
+ * writes or reads, and neither reveals anything.  Their bodies are
+ * SQL-standard (RETURN ...), so their operators are bound when they are
+ * created: a text body would be parsed with the caller's search_path, and
+ * whoever can create an operator =(connector_status, connector_status) in
+ * a schema on a reader's path would run code as the overview's reader.
  */
 
 /* Which statuses may execute (README: status) */
 CREATE FUNCTION smartconnector_internal.status_executable(status smartconnector.connector_status)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-	SELECT status IN ('operational', 'need_attention')
-$$;
+RETURN status IN ('operational', 'need_attention');
 COMMENT ON FUNCTION smartconnector_internal.status_executable(smartconnector.connector_status) IS
 	'Whether connectors in this status may execute (operational, need_attention)';
 GRANT EXECUTE ON FUNCTION smartconnector_internal.status_executable(smartconnector.connector_status)
@@ -158,9 +160,7 @@ GRANT EXECUTE ON FUNCTION smartconnector_internal.status_executable(smartconnect
 CREATE FUNCTION smartconnector_internal.api_name_valid(api_name text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-	SELECT api_name ~ '^[a-z][a-z0-9_]{0,62}$'
-$$;
+RETURN api_name ~ '^[a-z][a-z0-9_]{0,62}$';
 COMMENT ON FUNCTION smartconnector_internal.api_name_valid(text) IS
 	'Whether a text is a valid api_name: a lowercase letter, then up to 62 lowercase letters, digits or underscores';
 GRANT EXECUTE ON FUNCTION smartconnector_internal.api_name_valid(text) TO PUBLIC;

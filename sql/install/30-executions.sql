@@ -111,10 +111,8 @@ REVOKE ALL ON smartconnector_internal.queue FROM PUBLIC;
 CREATE FUNCTION smartconnector_internal.may_run(c smartconnector.connector)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
-AS $$
-	SELECT c.handler IS NOT NULL AND smartconnector_internal.status_executable(c.status)
-		   AND c.max_concurrent_executions > 0
-$$;
+RETURN c.handler IS NOT NULL AND smartconnector_internal.status_executable(c.status)
+	   AND c.max_concurrent_executions > 0;
 REVOKE ALL ON FUNCTION smartconnector_internal.may_run(smartconnector.connector) FROM PUBLIC;
 
 CREATE TABLE smartconnector_internal.queue_head (

@@ -51,11 +51,9 @@ GRANT EXECUTE ON FUNCTION smartconnector.output_report(bigint) TO smartconnector
 CREATE FUNCTION smartconnector_internal.report_url(execution_id bigint, api_name text)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-	SELECT NULLIF(pg_catalog.replace(pg_catalog.replace(
-		pg_catalog.current_setting('smartconnector.report_url_template'),
-		'{execution_id}', execution_id::text), '{api_name}', api_name), '')
-$$;
+RETURN NULLIF(pg_catalog.replace(pg_catalog.replace(
+	pg_catalog.current_setting('smartconnector.report_url_template'),
+	'{execution_id}', execution_id::text), '{api_name}', api_name), '');
 REVOKE ALL ON FUNCTION smartconnector_internal.report_url(bigint, text) FROM PUBLIC;
 
 CREATE FUNCTION smartconnector.output_report_url(execution_id bigint)

@@ -294,4 +294,25 @@ wait_until($node, "SELECT state = 'cancelled' FROM smartconnector.execution WHER
 is(execution_field($node, $gives_up, "metadata ->> 'cancelled_by'"), 'regress_canceller',
 	'and its result cannot change who cancelled it');
 
+# --- a handler cannot end its own execution with finish(): that is an external runner's ---
+# (before: the execution ended failed with committed NULL while the handler's write committed)
+$node->safe_psql('postgres', 'GRANT smartconnector_operator TO regress_low');
+as_low(q{
+	CREATE FUNCTION low.self_finish(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO public.orders_archive VALUES (7, 'self-finished');
+		PERFORM smartconnector.finish((ctx ->> 'execution_id')::bigint, 'i failed, honest');
+	END $$;
+});
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('Self finish', 'self_finish', handler => 'low.self_finish(jsonb)',
+		run_as => 'regress_low', status => 'operational')});
+my $self = run_and_wait($node, 'self_finish');
+is(execution_field($node, $self, "state || ' ' || committed || ': ' || error"),
+	'failed false: execution ' . $self . ' is run by its handler',
+	'a handler calling finish() fails with the refusal, and the executor records the outcome');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM public.orders_archive WHERE note = 'self-finished'}), '0',
+	'and its write is rolled back');
+$node->safe_psql('postgres', 'REVOKE smartconnector_operator FROM regress_low');
+
 done_testing();

@@ -145,6 +145,18 @@ $canceller->quit;
 	PREPARE TRANSACTION 'hold_b'});
 like($err, qr/cannot PREPARE a transaction that queued or cancelled an execution or changed what may start/,
 	'a settings change cannot be left prepared, holding its admission lock');
+# nor the cancel of a queued execution, holding the head of its queue (before:
+# it was prepared, and claim() and the executors waited for COMMIT PREPARED)
+$node->safe_psql('postgres', q{SELECT smartconnector.create_connector('P', 'p', status => 'operational',
+	max_concurrent_executions => 0)});
+my $pq = $node->safe_psql('postgres', q{SET client_min_messages = warning; SELECT smartconnector.trigger('p')});
+($ret, $out, $err) = $node->psql('postgres', qq{BEGIN;
+	SELECT smartconnector.cancel($pq);
+	PREPARE TRANSACTION 'hold_p'});
+like($err, qr/cannot PREPARE a transaction that queued or cancelled an execution or changed what may start/,
+	'a cancel of a queued execution cannot be left prepared');
+is($node->safe_psql('postgres', "SELECT state FROM smartconnector.execution WHERE id = $pq"), 'queued',
+	'and the execution stays queued');
 
 # --- a role no executor can connect as fails its executions, saying why ---
 my $c = $node->safe_psql('postgres', q{SELECT smartconnector.trigger('c')});

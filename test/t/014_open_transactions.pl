@@ -86,4 +86,27 @@ $rd->query_safe('ROLLBACK');
 is($node->safe_psql('postgres', q{SELECT smartconnector.cleanup(clock_timestamp())}), '1',
 	'once the transaction ends, the next cleanup deletes it too');
 
+# claim() waiting for an admin who gives the connector a handler: once that
+# commits, the connector is the executors' (before: claim() took the execution
+# of a connector with a handler, as an external runner)
+$node->safe_psql('postgres', q{
+	SELECT smartconnector.create_connector('X', 'x', status => 'operational', max_concurrent_executions => 0)});
+my $xq = $node->safe_psql('postgres', q{SET client_min_messages = warning; SELECT smartconnector.trigger('x')});
+my $admin = $node->background_psql('postgres');
+$admin->query_safe(q{BEGIN; UPDATE smartconnector.connector SET handler = 'public.noop(jsonb)',
+	run_as = 'regress_etl', max_concurrent_executions = 1 WHERE api_name = 'x'});
+my $claimer = $node->background_psql('postgres');
+$claimer->query_safe(q{SET application_name = 'claimer'; SET client_min_messages = warning});
+$claimer->query_until(qr/claiming/, q{\echo claiming
+SELECT coalesce(smartconnector.claim('x')::text, 'none') AS got \gset
+});
+wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'claimer' AND wait_event_type = 'Lock'},
+	'claim() waits for the admission lock of the settings change');
+$admin->query_safe('COMMIT');
+$admin->quit;
+is($claimer->query_safe(q{SELECT :'got'}), 'none', 'then claims nothing: the connector has a handler now');
+$claimer->quit;
+wait_until($node, "SELECT state = 'success' FROM smartconnector.execution WHERE id = $xq",
+	'and an executor runs the execution');
+
 done_testing();
