@@ -63,9 +63,17 @@ WITH e AS (
 	SELECT smartconnector.connector_id('bench'), 'success', 'api', 'bench', false,
 		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
 	  FROM generate_series(1, $n) i
-	RETURNING id)
-SELECT count(smartconnector_internal.execution_ended(id)) FROM e;
-UPDATE smartconnector.delivery SET next_attempt_at = now() + interval '1 day';
+	RETURNING *)
+-- the webhook delivery the outbox queues at an end (src/outbox.c), postponed
+INSERT INTO smartconnector.delivery
+	(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload,
+	 webhook_secret, webhook_headers, next_attempt_at)
+SELECT e.id, c.id, 'webhook', c.execution_ended_webhook_url,
+	   smartconnector.url_host(c.execution_ended_webhook_url), 'webhook',
+	   'msg_' || replace(gen_random_uuid()::text, '-', ''),
+	   smartconnector_internal.event(e::smartconnector.execution, c), c.webhook_secret,
+	   c.webhook_headers, now() + interval '1 day'
+  FROM e JOIN smartconnector.connector c ON c.id = e.connector_id;
 COMMIT;
 VACUUM ANALYZE smartconnector.delivery;
 SQL
