@@ -49,34 +49,10 @@ read -r re_delivered re_rate < <(bench_psql -F ' ' -c "
 		   round(count(*) / extract(epoch FROM max(delivered_at) - min(created_at)))
 	  FROM (SELECT * FROM smartconnector.delivery ORDER BY id LIMIT $REDELIVER_N) d")
 
-# N ended executions whose webhooks wait (not yet due) until released at once
 prepare_backlog()
 {
-	local n=$1
-	bench_psql >/dev/null <<SQL
-TRUNCATE smartconnector.execution CASCADE;
--- one transaction: the dispatcher must not see them due before they are postponed
-BEGIN;
-WITH e AS (
-	INSERT INTO smartconnector.execution
-		(connector_id, state, trigger_type, initiated_by, diff_check, queued_at, started_at, ended_at, records_created, records_total)
-	SELECT smartconnector.connector_id('bench'), 'success', 'api', 'bench', false,
-		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
-	  FROM generate_series(1, $n) i
-	RETURNING *)
--- the webhook delivery the outbox queues at an end (src/outbox.c), postponed
-INSERT INTO smartconnector.delivery
-	(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload,
-	 webhook_secret, webhook_headers, next_attempt_at)
-SELECT e.id, c.id, 'webhook', c.execution_ended_webhook_url,
-	   smartconnector.url_host(c.execution_ended_webhook_url), 'webhook',
-	   'msg_' || replace(gen_random_uuid()::text, '-', ''),
-	   smartconnector_internal.event(e::smartconnector.execution, c), c.webhook_secret,
-	   c.webhook_headers, now() + interval '1 day'
-  FROM e JOIN smartconnector.connector c ON c.id = e.connector_id;
-COMMIT;
-VACUUM ANALYZE smartconnector.delivery;
-SQL
+	bench_psql -c "TRUNCATE smartconnector.execution CASCADE" >/dev/null
+	bench_backlog bench "$1"
 }
 
 # Release the backlog; print deliveries per second from the release's commit

@@ -148,3 +148,33 @@ SQL
 			   round($cpu * 1000.0 / $total)
 		  FROM smartconnector.delivery d"
 }
+
+# bench_backlog API_NAME N: N ended executions of a connector whose webhook
+# deliveries wait, postponed by a day, as the outbox queues them at an end
+# (src/outbox.c); a benchmark releases them at once.
+bench_backlog()
+{
+	local api_name=$1 n=$2
+	bench_psql >/dev/null <<SQL
+-- one transaction: the dispatcher must not see them due before they are postponed
+BEGIN;
+WITH e AS (
+	INSERT INTO smartconnector.execution
+		(connector_id, state, trigger_type, initiated_by, diff_check, queued_at, started_at, ended_at, records_created, records_total)
+	SELECT smartconnector.connector_id('$api_name'), 'success', 'api', 'bench', false,
+		   clock_timestamp(), clock_timestamp(), clock_timestamp(), i, i
+	  FROM generate_series(1, $n) i
+	RETURNING *)
+INSERT INTO smartconnector.delivery
+	(execution_id, connector_id, channel, target, target_host, reason, webhook_id, payload,
+	 webhook_secret, webhook_headers, next_attempt_at)
+SELECT e.id, c.id, 'webhook', c.execution_ended_webhook_url,
+	   smartconnector.url_host(c.execution_ended_webhook_url), 'webhook',
+	   'msg_' || replace(gen_random_uuid()::text, '-', ''),
+	   smartconnector_internal.event(e::smartconnector.execution, c), c.webhook_secret,
+	   c.webhook_headers, now() + interval '1 day'
+  FROM e JOIN smartconnector.connector c ON c.id = e.connector_id;
+COMMIT;
+VACUUM ANALYZE smartconnector.delivery;
+SQL
+}
