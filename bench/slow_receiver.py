@@ -66,7 +66,7 @@ async def main():
     else:
         delay = int(sys.argv[2]) / 1000.0
         handler = lambda r, w: slow(r, w, delay)
-    server = await asyncio.start_server(handler, "127.0.0.1", port, backlog=1024)
+    server = await asyncio.start_server(handler, os.environ.get("SLOW_RECEIVER_HOST", "127.0.0.1"), port, backlog=1024)
     print("ready", flush=True)
     if os.environ.get("SLOW_RECEIVER_STATS"):
         asyncio.ensure_future(report())

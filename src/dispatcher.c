@@ -129,6 +129,7 @@ static int	ready_for_host(List *list, const char *host);
 static void drop_ready_emails(void);
 static void forget_outbox(void);
 static bool is_ready(int64 id);
+static bool ready_blocked(void);
 static bool ready_can_start(void);
 static long ms_until(TimestampTz now, TimestampTz then);
 static void start_ready(void);
@@ -535,6 +536,8 @@ fetch_due(void)
 	int			ret;
 	TimestampTz next_due = 0;
 	uint64		fetched = 0;
+	/* a sweep that began past the head has not looked at everything yet */
+	bool		from_head = cursor_at == DT_NOBEGIN && cursor_id == 0;
 	int			ready_added;
 	MemoryContext old;
 	ReadyBatch *batch;
@@ -748,8 +751,15 @@ fetch_due(void)
 		cursor_at = DT_NOBEGIN;
 		cursor_id = 0;
 	}
-	/* found nothing new to send: wait for a commit, a finished transfer or next_due */
-	last_fetch_empty = (ready_added == 0);
+	/*
+	 * Found nothing new to send in a sweep from the head: wait for a commit,
+	 * a finished transfer or next_due.  One that began past the head looks
+	 * again from the head first: with every host behind the cursor full (a
+	 * host that never answers), the rows of the others are all before it,
+	 * and waiting for a finished transfer stalled them until the dead
+	 * host's attempts timed out (bench/slow_hosts.sh).
+	 */
+	last_fetch_empty = (ready_added == 0) && from_head;
 	last_fetch_at = GetCurrentTimestamp();
 	return next_due;
 }
@@ -834,6 +844,26 @@ is_ready(int64 id)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * Whether there are free transfer slots, but every ready delivery waits for
+ * a host that is full.
+ */
+static bool
+ready_blocked(void)
+{
+	ListCell   *lc;
+
+	if (ready == NIL || sc_transport_in_flight() >= sc_max_deliveries_in_flight)
+		return false;
+	foreach(lc, ready)
+	{
+		if (sc_transport_host_count(((ReadyDelivery *) lfirst(lc))->host) <
+			sc_max_connections_per_host)
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -1139,6 +1169,16 @@ sc_dispatcher_main(Datum main_arg)
 				 */
 				timeout = Min(timeout, BLOCKED_FETCH_MS);
 			}
+			/*
+			 * Nothing ready can start (its hosts are full) while slots are
+			 * free: look for other hosts' work after BLOCKED_FETCH_MS, not
+			 * when a transfer next finishes, which for a host that never
+			 * answers is its timeout (the other hosts stalled for seconds:
+			 * bench/slow_hosts.sh).
+			 */
+			if (ready_blocked())
+				timeout = Min(timeout, ms_until(now, TimestampTzPlusMilliseconds(last_fetch_at,
+																				  BLOCKED_FETCH_MS)));
 			if (unrecorded != NIL)
 				timeout = Min(timeout, RECORD_DELAY_MS);
 			if (held != NIL)
