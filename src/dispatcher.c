@@ -876,21 +876,12 @@ ready_blocked(void)
 static bool
 ready_can_start(void)
 {
-	ListCell   *lc;
-
 	if (ready == NIL)
 		return false;
 	if (sc_transport_in_flight() >= sc_max_deliveries_in_flight)
 		return true;			/* everything waits anyway */
-	if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(last_fetch_at, BLOCKED_FETCH_MS))
-		return false;
-	foreach(lc, ready)
-	{
-		if (sc_transport_host_count(((ReadyDelivery *) lfirst(lc))->host) <
-			sc_max_connections_per_host)
-			return true;
-	}
-	return true;				/* blocked, but looked for other hosts recently */
+	/* something can start, or all of it waits but we looked for other hosts recently */
+	return GetCurrentTimestamp() < TimestampTzPlusMilliseconds(last_fetch_at, BLOCKED_FETCH_MS);
 }
 
 /*
