@@ -17,10 +17,12 @@ set -euo pipefail
 N=${N:-20000}
 WORKERS=${WORKERS:-8}
 RATE=${RATE:-200}
+GROUP_SIZE=${GROUP_SIZE:-1}
 
 bench_start "smartconnector.max_workers = $WORKERS
 smartconnector.block_private_addresses = off
-smartconnector.executor_idle_timeout = 600"
+smartconnector.executor_idle_timeout = 600
+smartconnector.group_size = $GROUP_SIZE"
 bench_start_nginx
 URL="http://127.0.0.1:$HTTP_PORT/hook"
 
@@ -43,7 +45,7 @@ executor_rss()
 
 echo "== smartconnector lifecycle benchmark =="
 bench_conditions
-echo "executor workers: $WORKERS; no-op handler; receiver: nginx (204); $N executions per scenario"
+echo "executor workers: $WORKERS; group_size: $GROUP_SIZE; no-op handler; receiver: nginx (204); $N executions per scenario"
 echo
 
 ceiling1=$(bench_insert_ceiling 1 5)

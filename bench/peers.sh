@@ -6,7 +6,8 @@
 #  - the commit ceiling: pgbench single-row INSERT, 8 clients;
 #  - smartconnector: N no-op executions of one connector at limit 8, each
 #    ending with a signed webhook through the outbox (queued while paused,
-#    released in one commit, timed to the last webhook received);
+#    released in one commit, timed to the last webhook received), alone
+#    and grouped 8 per transaction (smartconnector.group_size = 8);
 #  - graphile-worker (npm, installed here), N no-op jobs at concurrency 8,
 #    each POSTing the webhook itself, with its defaults and batched
 #    (localQueue size 500, completeJobBatchDelay 0), timed from the start
@@ -61,6 +62,10 @@ echo
 
 ceiling8=$(bench_insert_ceiling 8 5)
 read -r sc_rate sc_p50 sc_p99 sc_cpu < <(bench_lifecycle "api_name = 'one'" "$CONCURRENCY")
+# the same with short handlers grouped, 8 per transaction (README: "Short handlers run in groups")
+bench_psql -c "ALTER SYSTEM SET smartconnector.group_size = 8" -c "SELECT pg_reload_conf()" >/dev/null
+read -r sg_rate sg_p50 sg_p99 sg_cpu < <(bench_lifecycle "api_name = 'one'" "$CONCURRENCY")
+bench_psql -c "ALTER SYSTEM RESET smartconnector.group_size" -c "SELECT pg_reload_conf()" >/dev/null
 gw_default=$(graphile default)
 gw_batched=$(graphile batched)
 
@@ -68,6 +73,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 printf "%-72s %8s %s\n" "system" "jobs/s" "of the insert ceiling"
 printf "%-72s %8s %s\n" "pgbench single-row INSERT, 8 clients (the ceiling)" "$ceiling8" "1.00"
 printf "%-72s %8s %s\n" "smartconnector, limit 8, signed webhook through the outbox" "$sc_rate" "$(ratio "$sc_rate" "$ceiling8")"
+printf "%-72s %8s %s\n" "smartconnector, the same, group_size = 8 (end-to-receipt p99 ${sg_p99} ms)" "$sg_rate" "$(ratio "$sg_rate" "$ceiling8")"
 printf "%-72s %8s %s\n" "graphile-worker $GRAPHILE_WORKER, defaults, the task POSTs the webhook" "$gw_default" "$(ratio "$gw_default" "$ceiling8")"
 printf "%-72s %8s %s\n" "graphile-worker $GRAPHILE_WORKER, localQueue 500, completeJobBatchDelay 0" "$gw_batched" "$(ratio "$gw_batched" "$ceiling8")"
 printf "%-72s %8s\n" "smartconnector vs graphile-worker batched" "$(ratio "$sc_rate" "$gw_batched")"
+printf "%-72s %8s\n" "smartconnector, group_size = 8, vs graphile-worker batched" "$(ratio "$sg_rate" "$gw_batched")"

@@ -94,6 +94,7 @@ PG_FUNCTION_INFO_V1(cancel_impl);
 #define ADMIT_WAIT			0x02	/* for the admission lock (and, for claim(), the head) */
 #define ADMIT_OCCUPY		0x04	/* this backend becomes the runner */
 #define ADMIT_SCHEMA_0_1	0x08	/* the installed schema is 0.1's (compat.c) */
+#define ADMIT_TO_GROUP		0x10	/* and joins this executor's group (executor.c) */
 
 /*
  * The statement that reads whether a connector may admit now, under its
@@ -185,7 +186,7 @@ static void admit_connector(int64 connector_id, int flags, Admitted *admitted);
 static void load_candidates(Oid role);
 static void reposition_candidate(int i, bool admitted, int64 next_head);
 static int	candidate_index(int64 connector_id);
-static int64 admit_from_candidates(void);
+static int64 admit_from_candidates(ScGroupFilter may_join, int64 *connector_id);
 static void queue_followers(int64 execution_id, HeapTuple tup, TupleDesc desc, int first);
 static const char *bounded_error(const char *error);
 static bool cancel_execution(int64 execution_id);
@@ -489,6 +490,8 @@ admit_connector(int64 connector_id, int flags, Admitted *admitted)
 
 			if (flags & ADMIT_OCCUPY)
 				sc_occupy_slot(admitted->id);
+			if (flags & ADMIT_TO_GROUP)
+				sc_add_to_group(admitted->id);
 			return;
 		}
 		ret = SPI_execute_plan(sc_keep_plan(&queued_plan,
@@ -670,20 +673,24 @@ candidate_index(int64 connector_id)
  * the limit relies on.
  */
 static int64
-admit_from_candidates(void)
+admit_from_candidates(ScGroupFilter may_join, int64 *connector_id)
 {
 	int64		busy = 0;
 	Admitted	admitted;
 	int64		id;
 	int			i;
+	int			flags = ADMIT_FOR_EXECUTOR |
+		(may_join != NULL ? ADMIT_TO_GROUP : ADMIT_OCCUPY);
 
 	for (i = 0; i < n_candidates; i++)
 	{
+		if (may_join != NULL && !may_join(candidates[i].connector_id))
+			continue;
 		/* (with one candidate there is nothing to skip to) */
 		if (n_candidates > 1 &&
 			count_running(candidates[i].connector_id) >= candidates[i].limit)
 			continue;
-		admit_connector(candidates[i].connector_id, ADMIT_FOR_EXECUTOR | ADMIT_OCCUPY, &admitted);
+		admit_connector(candidates[i].connector_id, flags, &admitted);
 		id = admitted.id;
 		if (id == ADMIT_HEAD_LOCKED)
 			continue;			/* a cancel in progress: try it again later */
@@ -693,17 +700,20 @@ admit_from_candidates(void)
 				busy = candidates[i].connector_id;
 			continue;
 		}
+		*connector_id = candidates[i].connector_id;
 		reposition_candidate(i, id != 0, admitted.next_head);
 		if (id != 0)
 			return id;
 		i--;					/* the next candidate moved into place i */
 	}
-	if (busy == 0 || enqueues_locked_out == MyProc->lxid)
+	/* a group only takes what is free now */
+	if (busy == 0 || may_join != NULL || enqueues_locked_out == MyProc->lxid)
 		return 0;
 	admit_connector(busy, ADMIT_FOR_EXECUTOR | ADMIT_WAIT | ADMIT_OCCUPY, &admitted);
 	id = admitted.id;
 	if (id == ADMIT_HEAD_LOCKED)
 		return 0;
+	*connector_id = busy;
 	i = candidate_index(busy);
 	if (i >= 0)
 		reposition_candidate(i, id != 0, admitted.next_head);
@@ -714,8 +724,14 @@ admit_from_candidates(void)
  * Admit the next admissible execution of any connector with a handler that
  * runs as role (an executor serves one role), from a connector with nothing
  * running first, otherwise the oldest queued first (see candidates): mark
- * it running and make this backend its runner.  Returns its id, or 0 when
- * nothing may start now.  Runs in the caller's transaction.
+ * it running and make this backend its runner.  Returns its id and sets
+ * *connector_id, or returns 0 when nothing may start now.  Runs in the
+ * caller's transaction.
+ *
+ * With may_join, the execution joins the group of executions this executor
+ * admitted in the transaction (executor.c), from a connector may_join
+ * accepts, without waiting for any lock; its progress slot names it as one
+ * of its group.
  *
  * Reading every connector's queue head for each admission cost a third of
  * an executor's time with 100 busy connectors, so the ordered list is kept
@@ -727,7 +743,7 @@ admit_from_candidates(void)
  * while executors are busy (an idle executor reads the list afresh).
  */
 int64
-sc_admit_next(Oid role)
+sc_admit_next(Oid role, ScGroupFilter may_join, int64 *connector_id)
 {
 	int64		admitted = 0;
 	int			nest = sc_pin_settings();
@@ -742,11 +758,11 @@ sc_admit_next(Oid role)
 		load_candidates(role);
 		fresh = true;
 	}
-	admitted = admit_from_candidates();
-	if (admitted == 0 && !fresh)
+	admitted = admit_from_candidates(may_join, connector_id);
+	if (admitted == 0 && !fresh && may_join == NULL)
 	{
 		load_candidates(role);
-		admitted = admit_from_candidates();
+		admitted = admit_from_candidates(may_join, connector_id);
 	}
 
 	SPI_finish();

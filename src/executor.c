@@ -33,6 +33,16 @@
  * the failure with the report gathered so far.  A dry run executes the
  * handler inside a subtransaction that is always rolled back.
  *
+ * Short handlers share those transactions (smartconnector.group_size and
+ * group_window): an executor admits a group of executions whose handlers
+ * took little time on their last run here, and runs them in one
+ * transaction, each in a subtransaction of its own holding its handler's
+ * writes and its end (run_group()).  A failure is recorded only for the
+ * first execution of a transaction; a later one is rolled back and runs
+ * first in the next transaction, and if a group's commit fails, each of its
+ * executions runs again alone.  The progress slot names every execution of
+ * the group until the commit that ends it, so the launcher keeps them alive.
+ *
  * Interrupts: cancel() interrupts a running handler with SIGINT (a query
  * cancel), as does the role's statement_timeout, which is armed for the
  * handler's call.  Query cancel is held off everywhere except while the
@@ -75,7 +85,7 @@
 
 #include "smartconnector.h"
 
-/* take_next_execution(): the extension is not installed, or is being dropped */
+/* take_next_group(): the extension is not installed, or is being dropped */
 #define EXTENSION_GONE		(-2)
 
 /* What the executor needs to know to run one execution */
@@ -91,7 +101,36 @@ typedef struct ExecInfo
 	bool		cancel_requested;
 	char	   *problem;		/* why it cannot execute, or NULL */
 	char	   *context_json;	/* the handler's argument */
+	TimestampTz handler_started;	/* while the handler runs, else 0 */
 } ExecInfo;
+
+/*
+ * The executor's group: executions admitted together in one admission, and
+ * run in as few transactions as smartconnector.group_window allows, each
+ * in a subtransaction of its own (see run_group()).
+ */
+static int64 group_ids[SC_MAX_GROUP];
+static int	group_n = 0;
+
+/* What run_member() did with an execution */
+typedef enum MemberOutcome
+{
+	MEMBER_ENDED,				/* its end is recorded in the group's transaction */
+	MEMBER_AGAIN				/* it failed after others: to run first in a new one */
+} MemberOutcome;
+
+/*
+ * How long each connector's handler took on its last run in this executor,
+ * for grouping: by connector id modulo HANDLER_TIMES, a colliding
+ * connector taking the place (it is then not grouped until it ran again).
+ */
+#define HANDLER_TIMES 256
+typedef struct HandlerTime
+{
+	int64		connector_id;
+	int64		us;
+} HandlerTime;
+static HandlerTime handler_times[HANDLER_TIMES];
 
 static int	my_slot = -1;
 static Oid	my_role = InvalidOid;	/* the role this executor's session is */
@@ -103,10 +142,15 @@ static void hold_cancel(void);
 static bool retiring(void);
 static void begin_own_transaction(const char *activity);
 static void discard_session(void);
-static int64 take_next_execution(void);
+static void discard_in_group(void);
+static void remember_handler_time(int64 connector_id, TimestampTz started);
+static bool may_join_group(int64 connector_id);
+static int	take_next_group(void);
+static MemberOutcome run_member(int64 execution_id, bool first, bool discard);
+static void run_group(void);
 static bool load_exec_info(int64 execution_id, ExecInfo *info);
 static char *call_handler(ExecInfo *info);
-static void run_execution(int64 execution_id);
+static void run_execution(int64 execution_id, bool discard);
 static void require_extension(void);
 
 /*
@@ -203,17 +247,73 @@ discard_session(void)
 }
 
 /*
- * Reset the session, then admit the next execution of a connector that
- * runs as our role, oldest queued first, in a transaction of its own.
- * Returns 0 when nothing is admissible, EXTENSION_GONE when the extension
- * is not installed (or a DROP EXTENSION waits).
+ * Between two executions of a group, in its transaction: reset the session
+ * as discard_session() does, with what each of those resets is allowed in
+ * a transaction block (CLOSE ALL, RESET ALL, DEALLOCATE ALL, UNLISTEN *,
+ * pg_advisory_unlock_all(), DISCARD TEMP, DISCARD SEQUENCES).  Advisory
+ * locks a handler took for its transaction are kept until the group
+ * commits, as its row locks are.
  */
-static int64
-take_next_execution(void)
+static void
+discard_in_group(void)
+{
+	PortalHashTableDeleteAll();
+	if (GetSessionUserId() != my_role)
+		SetPGVariable("session_authorization", NIL, false);
+	if (OidIsValid(GetCurrentRoleId()))
+		SetPGVariable("role", NIL, false);
+	ResetAllOptions();
+	DropAllPreparedStatements();
+	Async_UnlistenAll();
+	LockReleaseSession(USER_LOCKMETHOD);
+	ResetTempTableNamespace();
+	ResetSequenceCaches();
+}
+
+/*
+ * Remember how long a connector's handler took, from started to now.
+ */
+static void
+remember_handler_time(int64 connector_id, TimestampTz started)
+{
+	HandlerTime *t = &handler_times[(uint64) connector_id % HANDLER_TIMES];
+
+	t->connector_id = connector_id;
+	t->us = (int64) (GetCurrentTimestamp() - started);
+}
+
+/*
+ * Whether an execution of the connector may join a group: its handler took
+ * at most group_window / group_size on its last run here, so a whole group
+ * of such runs fits in the window.  A connector not seen yet runs alone
+ * first.
+ */
+static bool
+may_join_group(int64 connector_id)
+{
+	HandlerTime *t = &handler_times[(uint64) connector_id % HANDLER_TIMES];
+
+	return t->connector_id == connector_id &&
+		t->us * sc_group_size <= (int64) sc_group_window_ms * 1000;
+}
+
+/*
+ * Reset the session, then admit the next execution of a connector that
+ * runs as our role, oldest queued first, in a transaction of its own, and
+ * with it, if its handler is short (may_join_group()), up to group_size - 1
+ * more of such connectors that are free now: the group.  Returns the
+ * number admitted (into group_ids), 0 when nothing is admissible,
+ * EXTENSION_GONE when the extension is not installed (or a DROP EXTENSION
+ * waits).
+ */
+static int
+take_next_group(void)
 {
 	ScPrivileged priv;
 	int64		id;
+	int64		connector_id = 0;
 
+	group_n = 0;
 	begin_own_transaction("smartconnector: admitting");
 	if (!sc_extension_installed(false))
 	{
@@ -232,10 +332,21 @@ take_next_execution(void)
 	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
 	sc_privileged_begin(&priv);
-	id = sc_admit_next(my_role);
+	id = sc_admit_next(my_role, NULL, &connector_id);
+	if (id > 0)
+	{
+		group_ids[group_n++] = id;
+		if (sc_group_size > 1 && may_join_group(connector_id))
+		{
+			sc_add_to_group(id);
+			while (group_n < Min(sc_group_size, SC_MAX_GROUP) &&
+				   (id = sc_admit_next(my_role, may_join_group, &connector_id)) > 0)
+				group_ids[group_n++] = id;
+		}
+	}
 	sc_privileged_end(&priv);
 	sc_work_commit();
-	return id;
+	return group_n;
 }
 
 /*
@@ -361,7 +472,10 @@ call_handler(ExecInfo *info)
 	RESUME_CANCEL_INTERRUPTS();
 	CHECK_FOR_INTERRUPTS();
 
+	info->handler_started = GetCurrentTimestamp();
 	value = FunctionCallInvoke(fcinfo);
+	remember_handler_time(info->connector_id, info->handler_started);
+	info->handler_started = 0;
 
 	/* the statement timeout stays armed: the commit runs the handler's code too */
 	HOLD_CANCEL_INTERRUPTS();
@@ -397,81 +511,156 @@ require_extension(void)
 }
 
 /*
- * Run one admitted execution to its end state.
+ * Load an admitted execution and make it the session's current one, then
+ * run its handler and record its end, in the current transaction.  Raises
+ * whatever keeps it from succeeding.  The statement timeout stays armed
+ * (the caller's commit runs the handler's code too).
  */
 static void
-run_execution(int64 execution_id)
+load_and_run(ExecInfo *info)
+{
+	ScPrivileged priv;
+	char	   *result;
+	char		max_duration[SC_MAX_DURATION_TEXT];
+
+	require_extension();
+	sc_privileged_begin(&priv);
+	if (!load_exec_info(info->execution_id, info))
+		elog(ERROR, "admitted execution %lld has vanished", (long long) info->execution_id);
+	sc_privileged_end(&priv);
+	sc_begin_current(info->execution_id, info->connector_id, info->diff_check,
+					 info->dry_run, SC_PHASE_COMPLETING);
+
+	if (info->cancel_requested)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("execution was cancelled before its handler started")));
+	if (info->problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("connector \"%s\" cannot execute", info->api_name),
+				 errdetail_internal("%s", info->problem)));
+
+	result = call_handler(info);
+	if (sc_my_overrun(max_duration))	/* it caught the cancel and returned */
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling statement due to max_duration")));
+
+	pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
+	sc_privileged_begin(&priv);
+	(void) sc_end_current(NULL, NULL, result,
+						  info->dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES, NULL);
+	sc_privileged_end(&priv);
+}
+
+/*
+ * Commit as the role: what the handlers left for commit (deferred
+ * triggers, held cursors) runs as the role, and like a handler itself it
+ * can be cancelled and is bound by the statement timeout and the
+ * launcher's deadline.  An interrupt there aborts the commit.
+ */
+static void
+commit_as_role(void)
+{
+	if (sc_set_phase(SC_PHASE_COMMITTING))
+		InterruptPending = QueryCancelPending = true;
+	RESUME_CANCEL_INTERRUPTS();
+	sc_work_commit();
+	HOLD_CANCEL_INTERRUPTS();
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	sc_set_phase(SC_PHASE_COMPLETING);
+	sc_set_stop_by(0, false);
+}
+
+/*
+ * After an error while an execution ran (the error state already copied
+ * into edata): stop its clocks, and say what it ended with.
+ */
+static void
+describe_failure(ExecInfo *info, ErrorData *edata, char **error, char **error_meta)
+{
+	char		max_duration[SC_MAX_DURATION_TEXT];
+
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	sc_set_phase(SC_PHASE_COMPLETING);
+	sc_set_stop_by(0, false);
+	if (info->handler_started != 0)
+	{
+		remember_handler_time(info->connector_id, info->handler_started);
+		info->handler_started = 0;
+	}
+	*error = edata->message;
+	*error_meta = sc_error_metadata(unpack_sql_state(edata->sqlerrcode), edata->detail,
+									edata->hint, edata->context);
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && sc_my_overrun(max_duration))
+	{
+		/* the launcher's query cancel, not the handler's error */
+		*error = psprintf("execution exceeded max_duration (%s)", max_duration);
+		*error_meta = sc_error_metadata("57014",
+										"The launcher stopped the handler: the connector's max_duration had passed.",
+										NULL, edata->context);
+	}
+}
+
+/*
+ * Record that an execution failed or was cancelled, with the report
+ * gathered so far, in the current transaction, and log what it ended as (a
+ * cancelled run is not a failure).
+ */
+static void
+record_failure(ExecInfo *info, const char *error, const char *error_meta)
+{
+	ScPrivileged priv;
+	char	   *state;
+
+	require_extension();
+	sc_privileged_begin(&priv);
+	if (sc_current_execution_id() != info->execution_id)
+		sc_begin_current(info->execution_id, info->connector_id, info->diff_check,
+						 info->dry_run, SC_PHASE_COMPLETING);
+	state = sc_end_current(error, error_meta, NULL, SC_COMMITTED_NO, NULL);
+	sc_privileged_end(&priv);
+	if (state != NULL && strcmp(state, "cancelled") == 0)
+		ereport(LOG,
+				(errmsg("smartconnector execution %lld was cancelled",
+						(long long) info->execution_id)));
+	else
+		ereport(LOG,
+				(errmsg("smartconnector execution %lld failed: %s",
+						(long long) info->execution_id, error)));
+}
+
+/*
+ * Run one admitted execution to its end state, in transactions of its own;
+ * with discard, after resetting the session (which its admission did
+ * otherwise).
+ */
+static void
+run_execution(int64 execution_id, bool discard)
 {
 	/* in memory, not on the stack: PG_TRY's longjmp may lose a local's changes */
 	ExecInfo   *const info = MemoryContextAllocZero(executor_cxt, sizeof(ExecInfo));
 	volatile bool completed = false;
-	char	   *volatile error = NULL;
-	char	   *volatile error_meta = NULL;
-	char		max_duration[SC_MAX_DURATION_TEXT];
+	char	   *error = NULL;
+	char	   *error_meta = NULL;
 
 	info->execution_id = execution_id;
 
 	PG_TRY();
 	{
-		ScPrivileged priv;
-		char	   *result;
-
 		/* with the role's own defaults: the handler runs in this transaction */
 		sc_work_begin("smartconnector: loading execution");
-		require_extension();
-		sc_privileged_begin(&priv);
-		if (!load_exec_info(execution_id, info))
-			elog(ERROR, "admitted execution %lld has vanished", (long long) execution_id);
-		sc_privileged_end(&priv);
-		sc_begin_current(execution_id, info->connector_id, info->diff_check,
-						 info->dry_run, SC_PHASE_COMPLETING);
-
-		if (info->cancel_requested)
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("execution was cancelled before its handler started")));
-		if (info->problem != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("connector \"%s\" cannot execute", info->api_name),
-					 errdetail_internal("%s", info->problem)));
-
-		result = call_handler(info);
-		if (sc_my_overrun(max_duration))	/* it caught the cancel and returned */
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("canceling statement due to max_duration")));
-
-		pgstat_report_activity(STATE_RUNNING, "smartconnector: recording outcome");
-		sc_privileged_begin(&priv);
-		(void) sc_end_current(NULL, NULL, result,
-							  info->dry_run ? SC_COMMITTED_NO : SC_COMMITTED_YES, NULL);
-		sc_privileged_end(&priv);
-
-		/*
-		 * Commit as the role: what the handler left for commit (deferred
-		 * triggers, held cursors) runs as the role, and like the handler
-		 * itself it can be cancelled and is bound by the statement timeout
-		 * and the launcher's deadline.  An interrupt there aborts the commit,
-		 * and the execution ends failed or cancelled below.
-		 */
-		if (sc_set_phase(SC_PHASE_COMMITTING))
-			InterruptPending = QueryCancelPending = true;
-		RESUME_CANCEL_INTERRUPTS();
-		sc_work_commit();
-		HOLD_CANCEL_INTERRUPTS();
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		sc_set_phase(SC_PHASE_COMPLETING);
-		sc_set_stop_by(0, false);
+		if (discard)
+			discard_session();
+		load_and_run(info);
+		commit_as_role();
 		completed = true;
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		sc_set_phase(SC_PHASE_COMPLETING);
-		sc_set_stop_by(0, false);
 		MemoryContextSwitchTo(executor_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -479,51 +668,18 @@ run_execution(int64 execution_id)
 		sc_privileged_reset();
 		MemoryContextSwitchTo(executor_cxt);
 		hold_cancel();
-		error = edata->message;
-		error_meta = sc_error_metadata(unpack_sql_state(edata->sqlerrcode), edata->detail,
-									   edata->hint, edata->context);
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && sc_my_overrun(max_duration))
-		{
-			/* the launcher's query cancel, not the handler's error */
-			error = psprintf("execution exceeded max_duration (%s)", max_duration);
-			error_meta = sc_error_metadata("57014",
-										   "The launcher stopped the handler: the connector's max_duration had passed.",
-										   NULL, edata->context);
-		}
+		describe_failure(info, edata, &error, &error_meta);
 	}
 	PG_END_TRY();
-
 	if (completed)
 		return;
 
-	/*
-	 * The run failed or was cancelled: record that, with the report gathered
-	 * so far, and log what it ended as (a cancelled run is not a failure).
-	 */
+	/* the run failed or was cancelled: record that in a transaction of its own */
 	PG_TRY();
 	{
-		ScPrivileged priv;
-		char	   *state;
-		bool		cancelled;
-
 		begin_own_transaction("smartconnector: recording failure");
-		require_extension();
-		sc_privileged_begin(&priv);
-		if (sc_current_execution_id() != execution_id)
-			sc_begin_current(execution_id, info->connector_id, info->diff_check,
-							 info->dry_run, SC_PHASE_COMPLETING);
-		state = sc_end_current(error, error_meta, NULL, SC_COMMITTED_NO, NULL);
-		cancelled = (state != NULL && strcmp(state, "cancelled") == 0);
-		sc_privileged_end(&priv);
+		record_failure(info, error, error_meta);
 		sc_work_commit();
-		if (cancelled)
-			ereport(LOG,
-					(errmsg("smartconnector execution %lld was cancelled",
-							(long long) execution_id)));
-		else
-			ereport(LOG,
-					(errmsg("smartconnector execution %lld failed: %s",
-							(long long) execution_id, error)));
 	}
 	PG_CATCH();
 	{
@@ -537,8 +693,152 @@ run_execution(int64 execution_id)
 		sc_privileged_reset();
 		hold_cancel();
 		sc_clear_current();
+		sc_remove_from_group(execution_id);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Run one execution of a group in a subtransaction of the group's
+ * transaction: its handler's writes and its end are released into the
+ * group's transaction together, or rolled back together.  A failure is
+ * recorded only for the first execution of a transaction, which saw
+ * nothing of other executions' uncommitted work and waited for none of
+ * their locks: any later one is rolled back and reported as MEMBER_AGAIN,
+ * to run first in a new transaction.  With discard, the session is reset
+ * first (for every execution of a group but the first, whose admission did
+ * that).
+ */
+static MemberOutcome
+run_member(int64 execution_id, bool first, bool discard)
+{
+	ExecInfo   *const info = MemoryContextAllocZero(executor_cxt, sizeof(ExecInfo));
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool completed = false;
+	char	   *error = NULL;
+	char	   *error_meta = NULL;
+
+	info->execution_id = execution_id;
+	if (discard)
+		discard_in_group();
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(executor_cxt);
+	PG_TRY();
+	{
+		load_and_run(info);
+		/* the commit of the group's transaction arms its own */
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		sc_set_stop_by(0, false);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(executor_cxt);
+		CurrentResourceOwner = owner;
+		completed = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(executor_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(executor_cxt);
+		CurrentResourceOwner = owner;
+		sc_privileged_reset();
+		hold_cancel();
+		describe_failure(info, edata, &error, &error_meta);
+	}
+	PG_END_TRY();
+
+	if (completed)
+		return MEMBER_ENDED;
+	if (!first)
+		return MEMBER_AGAIN;
+	record_failure(info, error, error_meta);
+	return MEMBER_ENDED;
+}
+
+/*
+ * Run the group admitted by take_next_group() to its end states, as many
+ * executions per transaction as fit in smartconnector.group_window.  Their
+ * ends become visible, and their webhooks are sent, when that transaction
+ * commits.  If it fails to commit (a handler's deferred trigger, say),
+ * nothing of it has committed, and each of its executions runs again, in a
+ * transaction of its own: one handler's failure never fails another's
+ * execution.
+ */
+static void
+run_group(void)
+{
+	int			next = 0;
+
+	while (next < group_n)
+	{
+		/* in memory, not on the stack: PG_TRY's longjmp may lose a local's changes */
+		int		   *const done = MemoryContextAllocZero(executor_cxt, 2 * sizeof(int));
+		int			first = next;
+		volatile bool failed = false;
+
+		/* done[0]: members ended in this transaction; done[1]: members started */
+		done[0] = done[1] = first;
+		PG_TRY();
+		{
+			TimestampTz started;
+
+			/* with the role's own defaults: the handlers run in this transaction */
+			sc_work_begin("smartconnector: running a group");
+			started = GetCurrentTimestamp();
+			while (done[0] < group_n)
+			{
+				done[1] = done[0] + 1;
+				if (run_member(group_ids[done[0]], done[0] == first, done[0] > 0) == MEMBER_AGAIN)
+					break;
+				done[0]++;
+				if (TimestampDifferenceExceeds(started, GetCurrentTimestamp(), sc_group_window_ms))
+					break;
+			}
+			if (StatementTimeout > 0)
+			{
+				sc_set_stop_by(GetCurrentTimestamp() +
+							   ((TimestampTz) StatementTimeout + sc_cancel_grace_ms) * 1000, false);
+				enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
+			}
+			commit_as_role();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(executor_cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+			sc_privileged_reset();
+			hold_cancel();
+			disable_timeout(STATEMENT_TIMEOUT, false);
+			sc_set_phase(SC_PHASE_COMPLETING);
+			sc_set_stop_by(0, false);
+			failed = true;
+		}
+		PG_END_TRY();
+
+		if (failed)
+		{
+			/* nothing of that transaction committed */
+			ereport(LOG,
+					(errmsg("smartconnector: a transaction of %d executions failed; each runs again alone",
+							done[1] - first)));
+			for (int k = first; k < done[1]; k++)
+			{
+				run_execution(group_ids[k], true);
+				sc_remove_from_group(group_ids[k]);
+			}
+			next = done[1];
+			continue;
+		}
+		for (int k = first; k < done[0]; k++)
+			sc_remove_from_group(group_ids[k]);
+		next = done[0];
+	}
 }
 
 /*
@@ -580,7 +880,7 @@ sc_executor_main(Datum main_arg)
 
 	for (;;)
 	{
-		int64		execution_id = 0;
+		int			admitted = 0;
 		long		wait_ms;
 		int			rc;
 
@@ -597,7 +897,7 @@ sc_executor_main(Datum main_arg)
 
 		PG_TRY();
 		{
-			execution_id = take_next_execution();
+			admitted = take_next_group();
 		}
 		PG_CATCH();
 		{
@@ -606,21 +906,29 @@ sc_executor_main(Datum main_arg)
 			AbortOutOfAnyTransaction();
 			sc_privileged_reset();
 			hold_cancel();
-			execution_id = -1;
+			sc_remove_from_group(0);
+			group_n = 0;
+			admitted = -1;
 		}
 		PG_END_TRY();
 
-		if (execution_id == EXTENSION_GONE)
+		if (admitted == EXTENSION_GONE)
 			break;				/* quietly; the launcher starts us once there is work again */
-		if (execution_id > 0)
+		if (admitted == 1)
 		{
-			run_execution(execution_id);
+			run_execution(group_ids[0], false);
+			sc_remove_from_group(group_ids[0]);
+		}
+		else if (admitted > 1)
+			run_group();
+		if (admitted > 0)
+		{
 			idle_since = GetCurrentTimestamp();
 			continue;
 		}
 
 		/* nothing to do (or admission failed: retry in a second) */
-		wait_ms = (execution_id < 0) ? 1000 :
+		wait_ms = (admitted < 0) ? 1000 :
 			(long) sc_executor_idle_timeout * 1000L -
 			(long) ((GetCurrentTimestamp() - idle_since) / 1000);
 		if (wait_ms <= 0)

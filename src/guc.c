@@ -41,6 +41,8 @@ int			sc_retry_schedule_len = 0;
 static char *sc_retry_schedule = NULL;
 int			sc_history_retention_min = 30 * 24 * 60;
 int			sc_cancel_grace_ms = 5000;
+int			sc_group_size = 1;
+int			sc_group_window_ms = 10;
 
 /* The parsed retry schedule, as the GUC machinery keeps it (malloc'd) */
 typedef struct RetrySchedule
@@ -148,6 +150,24 @@ sc_define_gucs(bool at_startup)
 							"A handler can catch the query cancel both send; then only terminating its executor stops it.",
 							&sc_cancel_grace_ms,
 							5000, 0, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("smartconnector.group_size",
+							"Most executions of short handlers an executor runs in one transaction.",
+							"Each runs in a subtransaction of its own; 1 runs every execution in a transaction of its own.",
+							&sc_group_size,
+							1, 1, SC_MAX_GROUP,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("smartconnector.group_window",
+							"Time after which an executor commits the executions it groups in one transaction.",
+							"Only handlers that took at most group_window / group_size on their connector's last run in that executor are grouped.",
+							&sc_group_window_ms,
+							10, 1, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -113,6 +113,7 @@ release_slot_at_exit(int code, Datum arg)
 
 	if (slot != NULL)
 		pg_atomic_write_u64(&slot->execution_id, 0);
+	sc_remove_from_group(0);
 }
 
 /*

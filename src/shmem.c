@@ -111,6 +111,8 @@ sc_shmem_startup(void)
 			pg_atomic_init_u64(&slot->execution_id, 0);
 			for (int k = 0; k < SC_NUM_ACTIONS; k++)
 				pg_atomic_init_u64(&slot->counts[k], 0);
+			for (int k = 0; k < SC_MAX_GROUP; k++)
+				pg_atomic_init_u64(&slot->group[k], 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -331,6 +333,61 @@ sc_runner_counts(int64 execution_id, int64 *counts)
 }
 
 /*
+ * Whether a progress slot names execution_id: as its current execution, or
+ * as one of its executor's group.  Members keep their places in the group
+ * (sc_add_to_group(), sc_remove_from_group()), so a reader never misses
+ * one that is there all along.
+ */
+static bool
+slot_names(ScProgressSlot *slot, int64 execution_id)
+{
+	if ((int64) pg_atomic_read_u64(&slot->execution_id) == execution_id)
+		return true;
+	for (int k = 0; k < SC_MAX_GROUP; k++)
+		if ((int64) pg_atomic_read_u64(&slot->group[k]) == execution_id)
+			return true;
+	return false;
+}
+
+/*
+ * Add execution_id to this backend's group, in the transaction that admits
+ * it: from then on it is alive as long as this backend is, until
+ * sc_remove_from_group().
+ */
+void
+sc_add_to_group(int64 execution_id)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+
+	if (slot == NULL)
+		return;
+	for (int k = 0; k < SC_MAX_GROUP; k++)
+	{
+		if (pg_atomic_read_u64(&slot->group[k]) != 0)
+			continue;
+		pg_atomic_write_u64(&slot->group[k], (uint64) execution_id);
+		return;
+	}
+	elog(ERROR, "an executor's group holds at most %d executions", SC_MAX_GROUP);
+}
+
+/*
+ * Take execution_id out of this backend's group (0: empty the group).
+ */
+void
+sc_remove_from_group(int64 execution_id)
+{
+	ScProgressSlot *slot = sc_my_progress_slot();
+
+	if (slot == NULL)
+		return;
+	for (int k = 0; k < SC_MAX_GROUP; k++)
+		if (execution_id == 0 ||
+			(int64) pg_atomic_read_u64(&slot->group[k]) == execution_id)
+			pg_atomic_write_u64(&slot->group[k], 0);
+}
+
+/*
  * Whether a live backend runs execution_id: its progress slot names it and
  * the backend that set it is still the one in that slot's place.
  */
@@ -344,7 +401,7 @@ sc_runner_alive(int64 execution_id)
 		ScProgressSlot *slot = &sc_shared->progress[i];
 		pid_t		pid;
 
-		if ((int64) pg_atomic_read_u64(&slot->execution_id) != execution_id)
+		if (!slot_names(slot, execution_id))
 			continue;
 		SpinLockAcquire(&sc_shared->mutex);
 		pid = slot->pid;

@@ -27,6 +27,8 @@
 
 /* Room for an interval's text form in a progress slot (ScProgressSlot.overran) */
 #define SC_MAX_DURATION_TEXT		64
+/* Most executions an executor runs in one transaction (smartconnector.group_size) */
+#define SC_MAX_GROUP				32
 
 /* Limits on settings values, enforced by the validators in settings.c and url.c */
 #define SC_MAX_URL_LENGTH			2048
@@ -100,6 +102,10 @@ typedef struct ScProgressSlot
 	 * execution for running longer ("": not stopped); protected by
 	 * ScShared.mutex */
 	char		overran[SC_MAX_DURATION_TEXT];
+	/* an executor's group (executor.c): the executions it admitted to run
+	 * in one transaction, until that transaction's commit ends them; 0 in
+	 * unused places.  They are alive as long as the backend is. */
+	pg_atomic_uint64 group[SC_MAX_GROUP];
 } ScProgressSlot;
 
 /* What sc_stop_overrun() did */
@@ -165,6 +171,8 @@ extern int64 *sc_retry_schedule_ms;
 extern int	sc_retry_schedule_len;
 extern int	sc_history_retention_min;
 extern int	sc_cancel_grace_ms;
+extern int	sc_group_size;
+extern int	sc_group_window_ms;
 extern void sc_define_gucs(bool at_startup);
 
 /*
@@ -189,6 +197,8 @@ extern bool sc_progress_slot_owner(int index, pid_t pid);
 extern ScProgressSlot *sc_my_progress_slot(void);
 extern bool sc_signal_runner(int64 execution_id, bool committing_only);
 extern bool sc_runner_alive(int64 execution_id);
+extern void sc_add_to_group(int64 execution_id);
+extern void sc_remove_from_group(int64 execution_id);
 extern bool sc_runner_counts(int64 execution_id, int64 *counts);
 extern void sc_set_stop_by(TimestampTz stop_by, bool for_cancel);
 extern ScOverrun sc_stop_overrun(int64 execution_id, const char *max_duration);
@@ -287,7 +297,9 @@ typedef struct ScStopReason
 	char	   *reason;
 	bool		cancelled;		/* it was cancel() that the handler ignored */
 } ScStopReason;
-extern int64 sc_admit_next(Oid role);
+/* Whether an execution of a connector may join an executor's group */
+typedef bool (*ScGroupFilter) (int64 connector_id);
+extern int64 sc_admit_next(Oid role, ScGroupFilter may_join, int64 *connector_id);
 extern int64 sc_claim_next(int64 connector_id, bool schema_0_1, bool *diff_check,
 						   bool *dry_run);
 extern int64 sc_fail_next(int64 connector_id, const char *api_name, const char *problem);
