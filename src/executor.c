@@ -141,8 +141,7 @@ static void executor_detach(int code, Datum arg);
 static void hold_cancel(void);
 static bool retiring(void);
 static void begin_own_transaction(const char *activity);
-static void discard_session(void);
-static void discard_in_group(void);
+static void discard_session(bool in_group);
 static void remember_handler_time(int64 connector_id, TimestampTz started);
 static bool may_join_group(int64 connector_id);
 static int	take_next_group(void);
@@ -229,9 +228,15 @@ begin_own_transaction(const char *activity)
  * state of a run, and the plan cache checks search_path and role on every
  * use; replanning every statement of every run would cost more than the
  * rest of an execution.  Runs as the role, and runs no user-defined code.
+ *
+ * in_group: between two executions of a group, in its transaction.  Each
+ * reset is then one a transaction block allows (CLOSE ALL, RESET ALL,
+ * DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), DISCARD TEMP,
+ * DISCARD SEQUENCES): advisory locks a handler took for its transaction
+ * are kept until the group commits, as its row locks are.
  */
 static void
-discard_session(void)
+discard_session(bool in_group)
 {
 	PortalHashTableDeleteAll();
 	if (GetSessionUserId() != my_role)
@@ -241,31 +246,10 @@ discard_session(void)
 	ResetAllOptions();
 	DropAllPreparedStatements();
 	Async_UnlistenAll();
-	LockReleaseAll(USER_LOCKMETHOD, true);
-	ResetTempTableNamespace();
-	ResetSequenceCaches();
-}
-
-/*
- * Between two executions of a group, in its transaction: reset the session
- * as discard_session() does, with what each of those resets is allowed in
- * a transaction block (CLOSE ALL, RESET ALL, DEALLOCATE ALL, UNLISTEN *,
- * pg_advisory_unlock_all(), DISCARD TEMP, DISCARD SEQUENCES).  Advisory
- * locks a handler took for its transaction are kept until the group
- * commits, as its row locks are.
- */
-static void
-discard_in_group(void)
-{
-	PortalHashTableDeleteAll();
-	if (GetSessionUserId() != my_role)
-		SetPGVariable("session_authorization", NIL, false);
-	if (OidIsValid(GetCurrentRoleId()))
-		SetPGVariable("role", NIL, false);
-	ResetAllOptions();
-	DropAllPreparedStatements();
-	Async_UnlistenAll();
-	LockReleaseSession(USER_LOCKMETHOD);
+	if (in_group)
+		LockReleaseSession(USER_LOCKMETHOD);
+	else
+		LockReleaseAll(USER_LOCKMETHOD, true);
 	ResetTempTableNamespace();
 	ResetSequenceCaches();
 }
@@ -321,7 +305,7 @@ take_next_group(void)
 		sc_work_commit();
 		return EXTENSION_GONE;
 	}
-	discard_session();
+	discard_session(false);
 
 	/*
 	 * The admission need not wait for its WAL to reach disk: if a crash
@@ -652,7 +636,7 @@ run_execution(int64 execution_id, bool discard)
 		/* with the role's own defaults: the handler runs in this transaction */
 		sc_work_begin("smartconnector: loading execution");
 		if (discard)
-			discard_session();
+			discard_session(false);
 		load_and_run(info);
 		commit_as_role();
 		completed = true;
@@ -720,7 +704,7 @@ run_member(int64 execution_id, bool first, bool discard)
 
 	info->execution_id = execution_id;
 	if (discard)
-		discard_in_group();
+		discard_session(true);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(executor_cxt);
